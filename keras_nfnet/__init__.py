@@ -1,0 +1,41 @@
+"""keras-nfnet: normalizer-free ResNets (NFNet F0-F7, F0+-F7+), Adaptive Gradient Clipping and the tools to
+repeat "ConvNets Match Vision Transformers at Scale" at your own scale.
+
+Public names are loaded lazily so that `import keras_nfnet` stays cheap and a submodule's dependencies (for
+example TensorFlow for the input pipeline) are only imported when that part is used.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    # layers and models
+    "WSConv2D": "layers",
+    "ScaledActivation": "layers",
+    "SqueezeExcite": "layers",
+    "StochasticDepth": "layers",
+    "NFBlock": "layers",
+    "NFNetVariant": "variants",
+    "VARIANTS": "variants",
+    "get_variant": "variants",
+    "NFNet": "models",
+    "count_macs": "flops",
+    "count_params": "flops",
+    "signal_propagation": "signal_prop",
+    # optimisation recipe
+    "AGC": "agc",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

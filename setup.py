@@ -1,0 +1,36 @@
+"""keras-nfnet: NFNets, Adaptive Gradient Clipping and a scaling-law toolkit for Keras 3."""
+import setuptools
+
+setuptools.setup(
+    name="keras-nfnet",
+    version="0.1.0",
+    description="Normalizer-free ResNets (NFNet F0-F7+), AGC and scaling-law studies in Keras 3 / TensorFlow.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["keras_nfnet", "keras_nfnet.*"]),
+    install_requires=[
+        # tf-models-official 2.20 pins TensorFlow to 2.20.x; accept that pin (shared/DESIGN.md).
+        "tensorflow>=2.20,<2.21",
+        "keras>=3.10,<4",
+        "tensorflow-datasets>=4.9",
+        "importlib_resources",  # undeclared by tensorflow-datasets, needed by tfds.load
+        "tf-models-official>=2.20,<2.21",
+        "tensorboard>=2.20",
+        "absl-py",
+        "numpy",
+        "scipy",  # curve fitting with uncertainty for the scaling-law analysis
+        "matplotlib",  # scaling-law plots
+        "werkzeug",  # HTTP request parsing and routing for the local TF-Serving-compatible server
+        "waitress",  # production WSGI server behind it
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout",
+            "jax[cpu]",
+            "scikit-learn",  # small real image sets that ship in the wheel (digits), for tests and the demo
+            "scikit-image",
+        ],
+    },
+)

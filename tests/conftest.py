@@ -1,0 +1,20 @@
+"""Shared test set-up.
+
+TensorFlow fixes its device list at first use, so the two logical CPU devices that the MirroredStrategy tests
+need are configured here, once, before any test touches TensorFlow. Single-device tests are unaffected: the
+default strategy places everything on the first device.
+"""
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+if os.environ["KERAS_BACKEND"] == "tensorflow":
+    import tensorflow as tf
+
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
