@@ -13,9 +13,14 @@ STAMP="$VENV/.keras_nfnet_stamp"
 WANT="$(cat "$ROOT/setup.py" | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[env] installing keras-nfnet and its dependencies (first time: a few minutes, ~3.5 GB)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  LOG="$VENV/pip-install.log"
+  if ! "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" >"$LOG" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$LOG" | tail -40
+    echo "[env] pip install failed; full log: $LOG" >&2
+    exit 1
+  fi
   echo "$WANT" > "$STAMP"
+  echo "[env] done"
 fi
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
