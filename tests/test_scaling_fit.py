@@ -25,8 +25,8 @@ def _chinchilla_runs(irreducible=0.0, noise=0.003, seed=0, lrs=(0.4, 0.8, 1.6)):
         for epochs in 2.0 ** np.arange(-4, 8):
             d = epochs * CORPUS
             law = irreducible + A * n ** -ALPHA + B * d ** -BETA
-            for lr in lrs:  # 0.8 is the best LR everywhere; the others pay a quadratic penalty in log2(lr)
-                loss = law * np.exp(rng.normal(0, noise)) + 0.05 * np.log2(lr / 0.8) ** 2
+            for lr in lrs:  # 0.8 is the best LR everywhere; the others pay a 5% penalty per log2(lr)^2
+                loss = law * np.exp(rng.normal(0, noise)) * (1 + 0.05 * np.log2(lr / 0.8) ** 2)
                 runs.append(_run(f"m{int(n)}", n, epochs, lr, loss, 6 * n * d))
     return runs
 
@@ -161,3 +161,16 @@ def test_frontier_drops_cells_above_another_models_curve():
     frontier = fit.pareto_frontier(cells)
     assert [(c.variant, c.compute) for c in frontier] == [("small", 1.0), ("small", 4.0), ("big", 8.0)]
     assert np.exp(np.interp(np.log(2.0), np.log([1.0, 4.0]), np.log([4.0, 2.0]))) < 3.5
+
+
+def test_loglog_curvature_separates_straight_from_bending_curves():
+    rng = np.random.default_rng(5)
+    x = np.geomspace(1e12, 1e18, 10)
+    straight = 300.0 * x ** -0.12 * np.exp(rng.normal(0, 0.005, x.size))
+    curv, (lo, hi) = fit.loglog_curvature(x, straight, n_bootstrap=300)
+    assert lo <= 0 <= hi and abs(curv) < 0.002
+    bending = 2.0 + 300.0 * x ** -0.2  # flattens towards an irreducible 2.0
+    curv, (lo, hi) = fit.loglog_curvature(x, bending, n_bootstrap=300)
+    # Independent reference: numpy's quadratic fit of the noise-free curve.
+    lx = np.log(x) - np.log(x).mean()
+    assert curv == pytest.approx(np.polyfit(lx, np.log(bending), 2)[0]) and lo > 0

@@ -92,6 +92,24 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], irreducible: bool = Fa
         rmse_log=float(np.sqrt(np.mean(resid ** 2))))
 
 
+def loglog_curvature(x: Sequence[float], y: Sequence[float], n_bootstrap: int = 1000, ci: float = 0.95,
+                     seed: int = 0) -> Tuple[float, Tuple[float, float]]:
+    """The quadratic coefficient of log y in log x, with a bootstrap interval: 0 for a straight line on log-log
+    axes, positive when the curve flattens (e.g. towards an irreducible loss). Needs at least 4 distinct x."""
+    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
+    if len(np.unique(lx)) < 4:
+        raise ValueError(f"a curvature estimate needs at least 4 distinct x values, got {len(np.unique(lx))}")
+    lx = lx - lx.mean()  # centred for a well-conditioned fit
+    coef = float(np.polyfit(lx, ly, 2)[0])
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n_bootstrap):
+        i = rng.integers(0, len(lx), size=len(lx))
+        if len(np.unique(lx[i])) >= 3:
+            samples.append(np.polyfit(lx[i], ly[i], 2)[0])
+    return coef, _interval(samples, 100 * (1 - ci) / 2, 100 * (1 + ci) / 2)
+
+
 def _loglog_ols(lx, ly):
     """Slope and intercept of ly on lx along the last axis (vectorised over bootstrap resamples)."""
     mx, my = lx.mean(axis=-1, keepdims=True), ly.mean(axis=-1, keepdims=True)
