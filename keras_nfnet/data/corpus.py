@@ -1,0 +1,281 @@
+"""The corpus format: tf.train.Example schema, metadata file, and the writer.
+
+A corpus is a directory:
+
+    metadata.json                     schema version, classes, splits, shards, checksums, label frequencies
+    <split>-<NNNNN>.tfrecord          shards of tf.train.Example records (plain TFRecord: any tool can read them)
+    <split>-<NNNNN>.tfrecord.index    per-shard record-offset index (see records.py)
+
+Each Example holds `image/encoded` (JPEG/PNG bytes), `image/format`, `image/class/label` (one or more int64 class
+numbers) and `image/id` (an int64 that is unique within the corpus and stable across rewrites).
+"""
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from keras_nfnet.data import records
+
+SCHEMA_VERSION = 1
+METADATA_FILE = "metadata.json"
+IMAGE_KEY = "image/encoded"
+FORMAT_KEY = "image/format"
+LABEL_KEY = "image/class/label"
+ID_KEY = "image/id"
+IMAGE_FORMATS = ("jpeg", "png")
+
+
+def feature_spec():
+    """`tf.io.parse_example` spec of one record."""
+    import tensorflow as tf
+
+    return {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        FORMAT_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        LABEL_KEY: tf.io.VarLenFeature(tf.int64),
+        ID_KEY: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def encode_example(image_bytes, labels, example_id, image_format):
+    """Serialized tf.train.Example for one image."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    feature = {
+        IMAGE_KEY: feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[bytes(image_bytes)])),
+        FORMAT_KEY: feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[image_format.encode()])),
+        LABEL_KEY: feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v) for v in labels])),
+        ID_KEY: feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(example_id)])),
+    }
+    return example_pb2.Example(features=feature_pb2.Features(feature=feature)).SerializeToString()
+
+
+def decode_example(serialized):
+    """Python-side parse of one record -> dict(image, format, labels, id): for tools and tests."""
+    from tensorflow.core.example import example_pb2
+
+    ex = example_pb2.Example.FromString(serialized)
+    f = ex.features.feature
+    return {
+        "image": f[IMAGE_KEY].bytes_list.value[0],
+        "format": f[FORMAT_KEY].bytes_list.value[0].decode() if FORMAT_KEY in f else "",
+        "labels": list(f[LABEL_KEY].int64_list.value),
+        "id": f[ID_KEY].int64_list.value[0],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+    name: str
+    num_examples: int
+    shards: tuple  # of dicts: file, num_examples, sha256, index_sha256
+    label_frequencies: tuple  # examples carrying each class
+
+    def shard_paths(self, corpus_dir):
+        return [os.path.join(corpus_dir, s["file"]) for s in self.shards]
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusInfo:
+    """What a trainer needs to know about a corpus (read with `load_metadata`)."""
+
+    directory: str
+    num_classes: int
+    class_names: tuple
+    multi_label: bool
+    image_format: str
+    splits: dict  # name -> SplitInfo
+    name: str = ""
+    description: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def split_sizes(self):
+        return {k: v.num_examples for k, v in self.splits.items()}
+
+    def split(self, name):
+        if name not in self.splits:
+            raise ValueError(f"corpus {self.directory} has no split {name!r}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+
+def load_metadata(corpus_dir):
+    """Read `metadata.json` of a corpus -> CorpusInfo (FileNotFoundError / ValueError with the reason)."""
+    path = os.path.join(corpus_dir, METADATA_FILE)
+    if not os.path.isdir(corpus_dir):
+        raise FileNotFoundError(f"corpus directory {corpus_dir} does not exist")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: {corpus_dir} is not a corpus (or it was not closed)")
+    with open(path) as f:
+        meta = json.load(f)
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {version!r} is not supported (this reader knows {SCHEMA_VERSION})")
+    splits = {
+        name: SplitInfo(name, int(s["num_examples"]), tuple(s["shards"]), tuple(s["label_frequencies"]))
+        for name, s in meta["splits"].items()
+    }
+    return CorpusInfo(
+        directory=corpus_dir,
+        num_classes=int(meta["num_classes"]),
+        class_names=tuple(meta["class_names"]),
+        multi_label=bool(meta["multi_label"]),
+        image_format=meta["image_format"],
+        splits=splits,
+        name=meta.get("name", ""),
+        description=meta.get("description", ""),
+        schema_version=version,
+    )
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _ShardWriter:
+    def __init__(self, path):
+        self.path = path
+        self.tmp = path + ".tmp"
+        self.file = open(self.tmp, "wb")
+        self.hash = hashlib.sha256()
+        self.offset = 0
+        self.index = []
+
+    def write(self, payload):
+        frame = records.frame_record(payload)
+        self.file.write(frame)
+        self.hash.update(frame)
+        self.index.append((self.offset, len(payload)))
+        self.offset += len(frame)
+
+    def close(self):
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        index_file = records.write_index(self.path, np.asarray(self.index, dtype=np.int64).reshape(-1, 2))
+        return {
+            "file": os.path.basename(self.path),
+            "num_examples": len(self.index),
+            "sha256": self.hash.hexdigest(),
+            "index_sha256": sha256_file(index_file),
+        }
+
+
+class CorpusWriter:
+    """Writes a corpus directory; use as a context manager so the metadata is written on exit.
+
+        with CorpusWriter(out_dir, num_classes=10) as writer:
+            writer.add("train", jpeg_bytes, labels=[3], example_id=0)
+
+    Shards are written to a temporary name and renamed when full, and `metadata.json` is written last
+    (atomically), so a directory with metadata is always complete.
+    """
+
+    def __init__(self, out_dir, num_classes, class_names=None, multi_label=False, image_format="jpeg",
+                 examples_per_shard=1024, name="", description=""):
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        if not isinstance(examples_per_shard, int) or examples_per_shard < 1:
+            raise ValueError(f"examples_per_shard must be a positive int, got {examples_per_shard!r}")
+        if class_names is None:
+            class_names = [f"class_{i}" for i in range(num_classes)]
+        class_names = [str(c) for c in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(f"got {len(class_names)} class_names for num_classes={num_classes}")
+        if os.path.exists(os.path.join(out_dir, METADATA_FILE)):
+            raise ValueError(f"{out_dir} already holds a corpus ({METADATA_FILE} exists); choose an empty directory")
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir = out_dir
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.multi_label = bool(multi_label)
+        self.image_format = image_format
+        self.examples_per_shard = examples_per_shard
+        self.name = name
+        self.description = description
+        self._open = {}  # split -> _ShardWriter
+        self._shards = {}  # split -> list of shard dicts
+        self._counts = {}
+        self._freq = {}
+        self._ids = set()
+        self._closed = False
+
+    def add(self, split, image_bytes, labels, example_id):
+        """Append one image with its label list and a corpus-unique integer id to `split`."""
+        if self._closed:
+            raise ValueError("CorpusWriter is closed")
+        if not split or not str(split).isidentifier():
+            raise ValueError(f"split names must be identifiers like 'train' or 'holdout', got {split!r}")
+        labels = [int(v) for v in np.atleast_1d(labels)]
+        if not labels:
+            raise ValueError(f"example {example_id}: at least one label is required")
+        if not self.multi_label and len(labels) != 1:
+            raise ValueError(f"example {example_id}: single-label corpus got {len(labels)} labels {labels}")
+        bad = [v for v in labels if not 0 <= v < self.num_classes]
+        if bad:
+            raise ValueError(f"example {example_id}: labels {bad} outside [0, {self.num_classes})")
+        example_id = int(example_id)
+        if example_id in self._ids:
+            raise ValueError(f"example id {example_id} was already written: ids must be unique in a corpus")
+        self._ids.add(example_id)
+        shard = self._open.get(split)
+        if shard is None:
+            number = len(self._shards.setdefault(split, []))
+            shard = self._open[split] = _ShardWriter(os.path.join(self.out_dir, f"{split}-{number:05d}.tfrecord"))
+        shard.write(encode_example(image_bytes, sorted(set(labels)), example_id, self.image_format))
+        self._counts[split] = self._counts.get(split, 0) + 1
+        freq = self._freq.setdefault(split, np.zeros(self.num_classes, np.int64))
+        freq[sorted(set(labels))] += 1
+        if len(shard.index) >= self.examples_per_shard:
+            self._shards[split].append(shard.close())
+            del self._open[split]
+
+    def close(self):
+        """Finish open shards and write `metadata.json`; returns its path."""
+        if self._closed:
+            return os.path.join(self.out_dir, METADATA_FILE)
+        for split, shard in self._open.items():
+            self._shards[split].append(shard.close())
+        self._open = {}
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "multi_label": self.multi_label,
+            "image_format": self.image_format,
+            "record_format": "tfrecord of tf.train.Example; index: <u8 pairs (offset, payload_length)",
+            "features": {"image": IMAGE_KEY, "format": FORMAT_KEY, "labels": LABEL_KEY, "id": ID_KEY},
+            "splits": {
+                split: {
+                    "num_examples": self._counts[split],
+                    "shards": self._shards[split],
+                    "label_frequencies": self._freq[split].tolist(),
+                }
+                for split in sorted(self._shards)
+            },
+        }
+        path = os.path.join(self.out_dir, METADATA_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(path + ".tmp", path)
+        self._closed = True
+        return path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:  # leave no metadata: a half-written corpus must not look complete
+            for shard in self._open.values():
+                shard.file.close()

@@ -1,0 +1,306 @@
+"""Train and eval `tf.data` pipelines over a corpus, with exactly-once resumable sampling.
+
+    ds = train_dataset(corpus_dir, "train", global_batch_size=4096, image_size=224, seed=0,
+                       start_step=int(optimizer.iterations), input_context=ctx)
+
+The batch at step s depends only on (seed, s); host h of H reads its slice of every global batch (from the
+`tf.distribute.InputContext`); resuming at `start_step` continues the stream exactly, reading no skipped record.
+Elements are `(images, labels)`: images float32 [b, size, size, 3] normalised per NFNET_SPEC, labels float32
+[b, num_classes] (one-hot for single-label corpora, multi-hot for multi-label ones; MixUp/CutMix make them soft).
+b is the per-replica batch size under a distribution strategy, else the global batch size.
+"""
+import logging
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from keras_nfnet.data import augment as augment_lib
+from keras_nfnet.data import corpus as corpus_lib
+from keras_nfnet.data import preprocess
+from keras_nfnet.data import records
+from keras_nfnet.data.sampler import StepSampler, check_batching
+
+log = logging.getLogger(__name__)
+BAD_RECORD_POLICIES = ("raise", "skip")
+_JPEG_MAGIC, _PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+_JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
+
+
+class BadRecordReport:
+    """Counts and lists the records skipped under `on_bad_record="skip"` (thread-safe); also logged as warnings."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.skipped = []  # "shard X record Y: reason"
+
+    @property
+    def count(self):
+        return len(self.skipped)
+
+    def add(self, entries):
+        with self._lock:
+            self.skipped.extend(entries)
+        for entry in entries:
+            log.warning("skipped bad record: %s", entry)
+
+    def summary(self):
+        return f"{self.count} bad records skipped" + (": " + "; ".join(self.skipped[:5]) if self.skipped else "")
+
+
+def _host_setup(global_batch_size, input_context):
+    if input_context is None:
+        return 1, 0, global_batch_size
+    hosts, host = input_context.num_input_pipelines, input_context.input_pipeline_id
+    per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+    return hosts, host, per_replica
+
+
+def _open_split(corpus_dir, split):
+    info = corpus_lib.load_metadata(corpus_dir)
+    split_info = info.split(split)
+    paths = split_info.shard_paths(corpus_dir)
+    indexes = []
+    for path in paths:
+        index = records.read_index(path)
+        records.check_index_against_file(path, index)  # truncated shard / stale index: fail before any work
+        indexes.append(index)
+    reader = records.RecordReader(paths, indexes)
+    if reader.num_records != split_info.num_examples:
+        raise records.CorruptRecordError(
+            f"split {split!r}: indexes list {reader.num_records} records, metadata says {split_info.num_examples}")
+    return info, reader
+
+
+def _make_step_reader(sampler, reader, on_bad_record, pad_beyond=None):
+    """numpy function: step -> this host's rows (payloads, positions, copies, rows, where, ok)."""
+
+    def read_step(step):
+        rows, positions, copies = sampler.rows(int(step))
+        recs = sampler.records(positions)
+        payloads, where, ok = [], [], np.ones(len(rows), bool)
+        for i, rec in enumerate(recs):
+            if pad_beyond is not None and positions[i] >= pad_beyond:
+                payloads.append(b"")
+                where.append(b"padding")
+                ok[i] = False
+                continue
+            rec = int(rec)
+            where.append(reader.where(rec).encode())
+            try:
+                payloads.append(reader.read(rec))
+            except records.CorruptRecordError as err:
+                if on_bad_record == "raise":
+                    raise
+                payloads.append(b"")
+                where[-1] = str(err).encode()
+                ok[i] = False
+        return (np.array(payloads, dtype=object), positions, copies, rows, np.array(where, dtype=object), ok)
+
+    def fn(step):
+        out = tf.numpy_function(read_step, [step], [tf.string, tf.int64, tf.int64, tf.int64, tf.string, tf.bool],
+                                stateful=False)
+        b = sampler.local_batch_size
+        for t in out:
+            t.set_shape([b])
+        return tuple(out)
+
+    return fn
+
+
+def _image_ok(data):
+    """Cheap check that encoded bytes are a complete JPEG or PNG (magic number and end marker)."""
+    n = tf.strings.length(data)
+    head3, head8 = tf.strings.substr(data, 0, 3), tf.strings.substr(data, 0, 8)
+    jpeg = tf.equal(head3, _JPEG_MAGIC) & tf.equal(tf.strings.substr(data, tf.maximum(n - 2, 0), 2), _JPEG_END)
+    png = tf.equal(head8, _PNG_MAGIC) & tf.equal(tf.strings.substr(data, tf.maximum(n - 8, 0), 8), _PNG_END)
+    return jpeg | png
+
+
+def _parse_checked(payload, where, num_classes, on_bad_record):
+    """Parse one record -> (image bytes, label ids, id, ok); invalid labels or images raise or mark not-ok."""
+    ex = tf.io.parse_single_example(payload, corpus_lib.feature_spec())
+    labels = ex[corpus_lib.LABEL_KEY].values
+    label_ok = (tf.size(labels) > 0) & tf.reduce_all((labels >= 0) & (labels < num_classes))
+    image_ok = _image_ok(ex[corpus_lib.IMAGE_KEY])
+    if on_bad_record == "raise":
+        checks = [
+            tf.debugging.Assert(label_ok, [tf.strings.join([
+                "bad record: ", where, ": label(s) outside [0, ", str(num_classes), ") or missing: ",
+                tf.strings.reduce_join(tf.strings.as_string(labels), separator=",")])], summarize=1),
+            tf.debugging.Assert(image_ok, [tf.strings.join([
+                "bad record: ", where, ": image/encoded is not a complete JPEG or PNG"])], summarize=1),
+        ]
+        with tf.control_dependencies(checks):
+            labels = tf.identity(labels)
+    return ex[corpus_lib.IMAGE_KEY], labels, ex[corpus_lib.ID_KEY], label_ok & image_ok
+
+
+class _Builder:
+    """Shared per-example and per-batch stages of the train and eval pipelines."""
+
+    def __init__(self, info, image_size, seed, on_bad_record, train, crop=True, flip=True):
+        self.num_classes = info.num_classes
+        self.image_size = image_size
+        self.seed = tf.constant([seed & 0x7FFFFFFFFFFFFFFF, 0x6E666E6574], tf.int64)  # (seed, "nfnet")
+        self.on_bad_record = on_bad_record
+        self.train, self.crop, self.flip = train, crop, flip
+
+    def example_seed(self, position, copy):
+        key = tf.random.experimental.stateless_fold_in(self.seed, position)
+        return tf.random.experimental.stateless_fold_in(key, copy)
+
+    def per_example(self, payload, position, copy, row, where, ok):
+        size, c = self.image_size, self.num_classes
+
+        def good():
+            data, labels, ex_id, valid = _parse_checked(payload, where, c, self.on_bad_record)
+            return data, labels, ex_id, valid
+
+        def bad():
+            return tf.constant(b""), tf.zeros([0], tf.int64), tf.constant(-1, tf.int64), tf.constant(False)
+
+        data, labels, ex_id, valid = tf.cond(ok, good, bad)
+        reason = tf.where(ok & ~valid, tf.strings.join([where, ": bad label or undecodable image"]), where)
+        seeds = tf.random.experimental.stateless_split(self.example_seed(position, copy), 3)
+
+        def decode():
+            image = preprocess.decode_image(data)
+            if self.train:
+                return preprocess.train_image(image, size, seeds[0], crop=self.crop, flip=self.flip)
+            return preprocess.eval_image(image, size)
+
+        image = tf.cond(valid, decode, lambda: tf.zeros([size, size, 3], tf.float32))
+        # Multi-hot (one-hot for a single label); out-of-range ids give zero rows and an invalid record.
+        label_vec = tf.minimum(tf.reduce_sum(tf.one_hot(labels, c, dtype=tf.float32), axis=0), 1.0)
+        label_vec = tf.where(valid, label_vec, tf.zeros([c], tf.float32))
+        return {
+            "image": image, "label": label_vec, "id": ex_id, "position": position, "copy": copy, "row": row,
+            "valid": valid, "reason": reason, "mix": augment_lib.mix_draws(seeds[1]), "ra_seed": seeds[2],
+        }
+
+
+def _report_stage(report, pad_reason=b"padding"):
+    def note(valid, reason):
+        bad = [r.decode() for v, r in zip(valid, reason) if not v and r != pad_reason]
+        if bad:
+            report.add(bad)
+        return np.int64(len(bad))
+
+    def fn(batch):
+        n = tf.numpy_function(note, [batch["valid"], batch["reason"]], tf.int64, stateful=True)
+        with tf.control_dependencies([n]):
+            batch = dict(batch, valid=tf.identity(batch["valid"]))
+        return batch
+
+    return fn
+
+
+def _check_common(split, image_size, on_bad_record, global_batch_size):
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"split must be a split name such as 'train', got {split!r}")
+    preprocess._check_size(image_size)
+    if on_bad_record not in BAD_RECORD_POLICIES:
+        raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {on_bad_record!r}")
+    check_batching(global_batch_size)
+
+
+def train_dataset(corpus_dir, split, global_batch_size, image_size, seed, start_step=0, input_context=None, *,
+                  crop=True, flip=True, mixup_cutmix=False, randaugment_layers=0, randaugment_magnitude=10.0,
+                  repeats=1, on_bad_record="raise", bad_record_report=None, with_info=False,
+                  num_parallel_calls=tf.data.AUTOTUNE):
+    """Infinite training stream whose step-s batch is fixed by (seed, s); see the module docstring.
+
+    Args:
+      crop, flip: Inception crop (area 0.08-1, aspect 3/4-4/3) and horizontal flip, then bicubic resize.
+      mixup_cutmix: MixUp (alpha 0.2) on even pairs and CutMix (alpha 1) on odd pairs of rows.
+      randaugment_layers, randaugment_magnitude: RandAugment after mixing (0 layers = off).
+      repeats: repeated augmentation multiplicity K (each image K times per batch, independently augmented).
+      on_bad_record: "raise" (error naming shard and record) or "skip": bad rows get a zero image and label and
+        weight 0, elements become (images, labels, weights), and each skip is counted in `bad_record_report`
+        (a BadRecordReport) and logged.
+      with_info: elements become (images, labels, info) with info = {id, position, copy, weight} (for tools).
+    """
+    _check_common(split, image_size, on_bad_record, global_batch_size)
+    if not isinstance(start_step, (int, np.integer)) or start_step < 0:
+        raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
+    hosts, host, batch = _host_setup(global_batch_size, input_context)
+    group = 2 * repeats
+    if mixup_cutmix and batch % group:
+        raise ValueError(f"mixup_cutmix mixes rows in groups of 2 * repeats = {group}; the per-replica batch "
+                         f"{batch} must be a multiple of it")
+    info, reader = _open_split(corpus_dir, split)
+    sampler = StepSampler(reader.num_records, global_batch_size, seed, repeats=repeats, num_hosts=hosts, host=host)
+    builder = _Builder(info, image_size, seed, on_bad_record, train=True, crop=crop, flip=flip)
+    if on_bad_record == "skip" and bad_record_report is None:
+        bad_record_report = BadRecordReport()
+
+    ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
+    ds = ds.map(_make_step_reader(sampler, reader, on_bad_record), num_parallel_calls=2, deterministic=True)
+    ds = ds.unbatch().map(builder.per_example, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.batch(batch, drop_remainder=True)
+    if on_bad_record == "skip":
+        ds = ds.map(_report_stage(bad_record_report))
+    if mixup_cutmix:
+        def mix(b):
+            images, labels = augment_lib.mixup_cutmix(b["image"], b["label"], b["mix"], b["row"], group_size=group)
+            return dict(b, image=images, label=labels)
+
+        ds = ds.map(mix, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if randaugment_layers:
+        translate = 100.0 * image_size / 224.0  # tf-models' constants are for 224 px; keep them proportional
+        cutout = 40.0 * image_size / 224.0
+
+        def rand_augment(e):
+            image = augment_lib.rand_augment(e["image"], e["ra_seed"], randaugment_layers, randaugment_magnitude,
+                                             cutout_const=cutout, translate_const=translate)
+            return dict(e, image=tf.cast(image, tf.float32))
+
+        ds = ds.unbatch().map(rand_augment, num_parallel_calls=num_parallel_calls, deterministic=True)
+        ds = ds.batch(batch, drop_remainder=True)
+    ds = ds.map(lambda b: _finish(b, on_bad_record, with_info), num_parallel_calls=num_parallel_calls,
+                deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _finish(b, on_bad_record, with_info, eval_mode=False):
+    images = preprocess.normalize_image(b["image"])
+    weights = tf.cast(b["valid"], tf.float32)
+    if with_info:
+        return images, b["label"], {"id": b["id"], "position": b["position"], "copy": b["copy"], "weight": weights}
+    if eval_mode or on_bad_record == "skip":
+        return images, b["label"], weights
+    return images, b["label"]
+
+
+def eval_steps(corpus_dir, split, global_batch_size):
+    """Number of batches `eval_dataset` yields: ceil(split size / global batch size)."""
+    n = corpus_lib.load_metadata(corpus_dir).split(split).num_examples
+    return -(-n // global_batch_size)
+
+
+def eval_dataset(corpus_dir, split, global_batch_size, image_size, input_context=None, *, on_bad_record="raise",
+                 bad_record_report=None, with_info=False, num_parallel_calls=tf.data.AUTOTUNE):
+    """Finite stream covering every example of `split` exactly once, in corpus order.
+
+    Elements are (images, labels, weights): the last global batch is padded to a static shape with zero images
+    whose weight is 0, so weighted metrics count each real example once. Eval preprocessing: resize to
+    (size + 32)^2 bicubic, centre-crop size^2, normalise.
+    """
+    _check_common(split, image_size, on_bad_record, global_batch_size)
+    hosts, host, batch = _host_setup(global_batch_size, input_context)
+    info, reader = _open_split(corpus_dir, split)
+    sampler = StepSampler(reader.num_records, global_batch_size, 0, shuffle=False, num_hosts=hosts, host=host)
+    builder = _Builder(info, image_size, 0, on_bad_record, train=False)
+    if on_bad_record == "skip" and bad_record_report is None:
+        bad_record_report = BadRecordReport()
+    steps = -(-reader.num_records // global_batch_size)
+    ds = tf.data.Dataset.range(steps)
+    ds = ds.map(_make_step_reader(sampler, reader, on_bad_record, pad_beyond=reader.num_records),
+                num_parallel_calls=2, deterministic=True)
+    ds = ds.unbatch().map(builder.per_example, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.batch(batch, drop_remainder=True)
+    if on_bad_record == "skip":
+        ds = ds.map(_report_stage(bad_record_report))
+    ds = ds.map(lambda b: _finish(b, on_bad_record, with_info, eval_mode=True))
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,178 @@
+"""TFRecord framing, the per-shard record-offset index, and random access to records by index.
+
+A TFRecord file is a sequence of `uint64 length | uint32 masked_crc32c(length) | payload | uint32
+masked_crc32c(payload)` (little endian). One pass over the headers gives every record's (offset, length); the
+index file stores those pairs so a reader can fetch record i of a shard with one `os.pread`, and so a resumed
+pipeline never has to read (or skip through) records it does not need.
+
+Index file layout (`<shard>.index`): little-endian uint64 pairs `(offset, payload_length)`, one per record.
+"""
+import os
+import struct
+
+import google_crc32c
+import numpy as np
+
+HEADER_BYTES = 12  # u64 length + u32 crc of the length
+FOOTER_BYTES = 4  # u32 crc of the payload
+FRAME_BYTES = HEADER_BYTES + FOOTER_BYTES
+INDEX_SUFFIX = ".index"
+_MASK_DELTA = 0xA282EAD8
+
+
+class CorruptRecordError(ValueError):
+    """A record whose framing, checksum or contents is invalid; the message names the shard and record."""
+
+
+def masked_crc32c(data):
+    """TFRecord's masked CRC-32C of `data` (bytes)."""
+    crc = google_crc32c.value(bytes(data))
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame_record(payload):
+    """The TFRecord bytes of one payload (what `tf.io.TFRecordWriter` writes for it)."""
+    length = struct.pack("<Q", len(payload))
+    return length + struct.pack("<I", masked_crc32c(length)) + payload + struct.pack("<I", masked_crc32c(payload))
+
+
+def index_path(shard_path):
+    return shard_path + INDEX_SUFFIX
+
+
+def scan_shard(shard_path, check_crc=True):
+    """Walk a shard's framing and return its index as an int64 array [n, 2] of (offset, payload_length).
+
+    Raises CorruptRecordError naming the shard and record for a truncated file or a bad checksum.
+    """
+    pairs = []
+    size = os.path.getsize(shard_path)
+    name = os.path.basename(shard_path)
+    with open(shard_path, "rb") as f:
+        offset = 0
+        while offset < size:
+            record = len(pairs)
+            header = f.read(HEADER_BYTES)
+            if len(header) < HEADER_BYTES:
+                raise CorruptRecordError(f"shard {name} record {record}: truncated header at byte {offset}")
+            (length,) = struct.unpack("<Q", header[:8])
+            if check_crc and struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+                raise CorruptRecordError(f"shard {name} record {record}: length checksum mismatch at byte {offset}")
+            if offset + FRAME_BYTES + length > size:
+                raise CorruptRecordError(
+                    f"shard {name} record {record}: truncated (needs {FRAME_BYTES + length} bytes at byte {offset}, "
+                    f"file has {size})")
+            if check_crc:
+                payload = f.read(length)
+                (crc,) = struct.unpack("<I", f.read(FOOTER_BYTES))
+                if crc != masked_crc32c(payload):
+                    raise CorruptRecordError(f"shard {name} record {record}: payload checksum mismatch")
+            else:
+                f.seek(length + FOOTER_BYTES, os.SEEK_CUR)
+            pairs.append((offset, length))
+            offset += FRAME_BYTES + length
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def write_index(shard_path, index):
+    """Write `index` ([n, 2] offsets and lengths) beside the shard, atomically (write then rename)."""
+    path = index_path(shard_path)
+    tmp = path + ".tmp"
+    np.asarray(index, dtype="<u8").reshape(-1, 2).tofile(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_index(shard_path):
+    """The shard's index as int64 [n, 2]; FileNotFoundError naming the missing index file."""
+    path = index_path(shard_path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"record index {path} is missing (rebuild it with keras_nfnet.data.records.scan_shard)")
+    raw = np.fromfile(path, dtype="<u8")
+    if raw.size % 2:
+        raise CorruptRecordError(f"record index {os.path.basename(path)} has an odd number of entries")
+    return raw.reshape(-1, 2).astype(np.int64)
+
+
+def check_index_against_file(shard_path, index):
+    """Cheap consistency check (no reading): the last record must end exactly at the end of the shard."""
+    size = os.path.getsize(shard_path)
+    name = os.path.basename(shard_path)
+    expected = int(index[-1, 0] + index[-1, 1] + FRAME_BYTES) if len(index) else 0
+    if expected > size:
+        raise CorruptRecordError(
+            f"shard {name} is truncated: its index needs {expected} bytes, the file has {size}")
+    if expected != size:
+        raise CorruptRecordError(
+            f"shard {name} does not match its index: the index covers {expected} bytes, the file has {size}")
+
+
+class RecordReader:
+    """Random access to the records of an ordered list of shards by global record number.
+
+    Record numbers run over the shards in order (shard 0's records first). Each read checks the framing against
+    the index and both CRCs, so a corrupt or truncated record, or a stale index, is reported with its shard and
+    record number instead of being parsed as garbage. File descriptors are opened lazily per process.
+    """
+
+    def __init__(self, shard_paths, indexes=None, check_crc=True):
+        self.shard_paths = list(shard_paths)
+        self.names = [os.path.basename(p) for p in self.shard_paths]
+        self.indexes = [read_index(p) if indexes is None else indexes[i] for i, p in enumerate(self.shard_paths)]
+        counts = np.array([len(ix) for ix in self.indexes], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+        self.num_records = int(self.starts[-1])
+        self.check_crc = check_crc
+        self._fds = {}
+        self._pid = None
+
+    def locate(self, record):
+        """Global record number -> (shard number, record number within the shard)."""
+        shard = int(np.searchsorted(self.starts, record, side="right") - 1)
+        return shard, int(record - self.starts[shard])
+
+    def where(self, record):
+        shard, local = self.locate(record)
+        return f"shard {self.names[shard]} record {local}"
+
+    def _fd(self, shard):
+        if self._pid != os.getpid():  # a forked child must not share the parent's descriptors
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
+        return fd
+
+    def read(self, record):
+        """The payload bytes of one record; CorruptRecordError naming shard and record if it is bad."""
+        if not 0 <= record < self.num_records:
+            raise IndexError(f"record {record} out of range [0, {self.num_records})")
+        shard, local = self.locate(record)
+        offset, length = (int(v) for v in self.indexes[shard][local])
+        data = os.pread(self._fd(shard), length + FRAME_BYTES, offset)
+        where = f"shard {self.names[shard]} record {local}"
+        if len(data) != length + FRAME_BYTES:
+            raise CorruptRecordError(f"{where}: truncated (read {len(data)} of {length + FRAME_BYTES} bytes "
+                                     f"at byte {offset})")
+        (stored_length,) = struct.unpack("<Q", data[:8])
+        if stored_length != length:
+            raise CorruptRecordError(f"{where}: index does not match shard (index length {length}, "
+                                     f"stored length {stored_length} at byte {offset})")
+        payload = data[HEADER_BYTES:HEADER_BYTES + length]
+        if self.check_crc:
+            if struct.unpack("<I", data[8:12])[0] != masked_crc32c(data[:8]):
+                raise CorruptRecordError(f"{where}: length checksum mismatch")
+            if struct.unpack("<I", data[HEADER_BYTES + length:])[0] != masked_crc32c(payload):
+                raise CorruptRecordError(f"{where}: payload checksum mismatch (corrupt record)")
+        return payload
+
+    def close(self):
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
