@@ -73,7 +73,8 @@ class ComputeClock:
         self.images += int(images)
         self.flops += self.flops_per_image * images
         self.device_seconds += seconds * self.num_devices
-        self._window = (self._window + [(seconds, images)])[-20:]
+        if seconds > 0:
+            self._window = (self._window + [(seconds, images)])[-20:]
 
     @property
     def device_hours(self):

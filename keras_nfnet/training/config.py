@@ -169,6 +169,9 @@ def validate(config, num_replicas=None):
             if getattr(config, name) % config.steps_per_execution:
                 problems.append(f"{name}={getattr(config, name)} must be a multiple of steps_per_execution="
                                 f"{config.steps_per_execution} (steps run in groups of that size)")
+    if config.max_steps < 0 or (config.max_steps and config.max_steps % config.steps_per_execution):
+        problems.append(f"max_steps must be 0 (off) or a positive multiple of steps_per_execution; got "
+                        f"{config.max_steps}")
     for name in ("image_size", "eval_image_size"):
         size = getattr(config, name)
         if size and config.variant in VARIANTS and size < VARIANTS[config.variant].min_image_size:

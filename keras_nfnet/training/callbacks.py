@@ -1,0 +1,209 @@
+"""Keras callbacks of a pretraining run. They all key on the global optimizer step, so they behave the same
+whether a run started at step 0 or resumed, and whatever Keras' "epoch" length is.
+
+Order them as `pretrain` does: DivergenceGuard first (a NaN/inf loss stops the run before anything is saved),
+then StopAtStep, Checkpointing, TrainingScalars, HeldOutLoss.
+"""
+import logging
+import math
+import signal
+
+import keras
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+
+def global_step(model):
+    return int(model.optimizer.iterations.numpy())
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops the run at the first non-finite loss; `diverged` then holds (step, loss). Nothing is saved after it,
+    so the last checkpoint is the last good state."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged = (global_step(self.model), float(loss))
+            self.model.stop_training = True
+
+
+class PreemptionSignal:
+    """Turns SIGTERM into a flag that `Checkpointing` checks after each step (save, then stop cleanly)."""
+
+    def __init__(self, signals=(signal.SIGTERM,)):
+        self.received = None
+        self._previous = {}
+        for sig in signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Ends `model.fit` exactly at `last_step` (the budget's end, or an early `max_steps`)."""
+
+    def __init__(self, last_step):
+        super().__init__()
+        self.last_step = last_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if global_step(self.model) >= self.last_step:
+            self.model.stop_training = True
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """Saves every `every` steps, on SIGTERM (then stops) and at the end, unless the run diverged.
+
+    `state_fn()` returns the JSON state stored beside the weights (compute clock, data position, ...).
+    """
+
+    def __init__(self, manager, every, state_fn, guard, preemption=None, clock=None):
+        super().__init__()
+        self.manager, self.every, self.state_fn = manager, every, state_fn
+        self.guard, self.preemption, self.clock = guard, preemption, clock
+        self.preempted_at = None
+        self.last_saved = None
+
+    def _save(self, step):
+        if self.guard.diverged is not None or step == self.last_saved:
+            return
+        if self.clock is not None:
+            self.clock.pause()
+        path = self.manager.save(self.model, step, self.state_fn())
+        self.last_saved = step
+        if path:
+            log.info("checkpoint %s", path)
+        if self.clock is not None:
+            self.clock.start()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.guard.diverged is not None:
+            return
+        step = global_step(self.model)
+        if step % self.every == 0:
+            self._save(step)
+        if self.preemption is not None and self.preemption.received is not None:
+            self._save(step)
+            self.preempted_at = step
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self._save(global_step(self.model))
+
+
+def _scalar(value):
+    try:
+        return float(value.numpy() if hasattr(value, "numpy") else value)
+    except (TypeError, ValueError):
+        return None
+
+
+class TrainingScalars(keras.callbacks.Callback):
+    """TensorBoard scalars every `every` steps: train loss, learning rate, AGC clipped fraction and gradient norm,
+    images/s (total and per device), MFU, accumulated FLOPs and device-hours. Also charges the compute clock.
+
+    The first step group after a (re)start is counted in images and FLOPs but not in time: its wall time is
+    mostly tracing and compilation, which says nothing about the model's cost.
+    """
+
+    def __init__(self, writer, clock, every, global_batch_size):
+        super().__init__()
+        self.writer, self.clock, self.every, self.batch = writer, clock, every, global_batch_size
+        self._last_step = None
+
+    def on_train_begin(self, logs=None):
+        self._last_step = global_step(self.model)
+        self.clock.pause()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        self.clock.record((step - self._last_step) * self.batch)
+        self._last_step = step
+        if step % self.every:
+            return
+        scalars = {"train/loss": (logs or {}).get("loss")}
+        optimizer = self.model.optimizer
+        lr = optimizer.learning_rate
+        scalars["train/learning_rate"] = lr(optimizer.iterations) if callable(lr) else lr
+        metrics = getattr(optimizer, "metrics", None)
+        if callable(metrics):
+            for name, var in metrics().items():
+                scalars[name] = var
+        rates = self.clock.rates()
+        scalars.update({
+            "perf/images_per_second": rates["images_per_second"],
+            "perf/images_per_second_per_device": rates["images_per_second_per_device"],
+            "perf/mfu": rates["mfu"],
+            "compute/flops": self.clock.flops,
+            "compute/device_hours": self.clock.device_hours,
+        })
+        with self.writer.as_default(step=step):
+            for name, value in scalars.items():
+                value = _scalar(value)
+                if value is not None:
+                    tf.summary.scalar(name, value)
+        self.writer.flush()
+
+
+class HeldOutLoss(keras.callbacks.Callback):
+    """Held-out loss every `every` steps and at the end, logged against the step and against accumulated compute
+    (`heldout/loss_vs_mflops`: x = accumulated training MFLOPs; `heldout/loss_vs_device_seconds`), so a
+    loss-vs-compute curve reads directly off TensorBoard."""
+
+    def __init__(self, evaluator, writer, clock, every, guard):
+        super().__init__()
+        self.evaluator, self.writer, self.clock, self.every, self.guard = evaluator, writer, clock, every, guard
+        self.history = []  # (step, loss, flops, device_hours)
+        self._done_at = None
+
+    def _evaluate(self, step):
+        if self.guard.diverged is not None or step == self._done_at:
+            return
+        self.clock.pause()
+        loss = self.evaluator()
+        self.clock.start()
+        self._done_at = step
+        self.history.append((step, loss, self.clock.flops, self.clock.device_hours))
+        with self.writer.as_default():
+            tf.summary.scalar("heldout/loss", loss, step=step)
+            tf.summary.scalar("heldout/loss_vs_mflops", loss, step=int(self.clock.flops / 1e6))
+            tf.summary.scalar("heldout/loss_vs_device_seconds", loss, step=int(round(self.clock.device_seconds)))
+        self.writer.flush()
+        log.info("step %d: held-out loss %.5f (%.4g FLOPs, %.4g device-hours)", step, loss, self.clock.flops,
+                 self.clock.device_hours)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        if step % self.every == 0:
+            self._evaluate(step)
+
+    def on_train_end(self, logs=None):
+        self._evaluate(global_step(self.model))
+
+
+def write_hparams(writer, config_dict, trial_id):
+    """Log the run's hyperparameters with TensorBoard's hparams plugin."""
+    from tensorboard.plugins.hparams import api as hp
+
+    values = {k: v for k, v in config_dict.items() if isinstance(v, (bool, int, float, str))}
+    with writer.as_default():
+        hp.hparams(values, trial_id=trial_id)
+    writer.flush()

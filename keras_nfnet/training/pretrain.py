@@ -1,0 +1,204 @@
+"""The pretraining job: an NFNet trained with `model.fit` on a corpus, under a tf.distribute strategy,
+preemption-safe, watched in TensorBoard.
+
+    from keras_nfnet.training.config import load_config
+    from keras_nfnet.training.pretrain import pretrain
+    result = pretrain(load_config("trainers/configs/cpu_tiny.py:corpus=/data/c"), workdir="/runs/tiny")
+
+The work directory holds everything a run produces:
+
+    config.json          the config the run started with (a resume with an incompatible config is refused)
+    checkpoints/         ckpt-<step>/ {model.weights.h5, state.json}, the last N
+    tensorboard/         event files (scalars, hparams)
+    result.json          final step, held-out loss, compute (written when the budget is done)
+
+Re-running the same command resumes from the newest checkpoint at the exact step and data position.
+"""
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from keras_nfnet.data import corpus as corpus_lib
+from keras_nfnet.data import pipeline
+from keras_nfnet.models import NFNet
+from keras_nfnet.optimizers import nfnet_optimizer
+from keras_nfnet.training import callbacks as cb
+from keras_nfnet.training import config as config_lib
+from keras_nfnet.training import keras_workarounds
+from keras_nfnet.training import strategy as strategy_lib
+from keras_nfnet.training.checkpoint import CheckpointManager
+from keras_nfnet.training.compute import ComputeClock, measure_peak_flops, train_flops_per_image
+from keras_nfnet.training.heldout import HeldOutEvaluator
+from keras_nfnet.variants import get_variant
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PretrainResult:
+    status: str                 # "done", "preempted" (SIGTERM; checkpoint written) or "stopped" (max_steps)
+    step: int
+    total_steps: int
+    heldout_loss: float
+    flops: float
+    device_hours: float
+    workdir: str
+    tensorboard_dir: str
+
+
+def per_example_loss_fn(multi_label, label_smoothing=0.0):
+    """Per-example loss on logits: sigmoid cross-entropy for multi-label corpora (JFT-style), softmax
+    cross-entropy for single-label ones."""
+    if multi_label:
+        def loss(labels, logits):
+            if label_smoothing:
+                labels = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
+            return keras.losses.binary_crossentropy(labels, logits, from_logits=True)
+    else:
+        def loss(labels, logits):
+            return keras.losses.categorical_crossentropy(labels, logits, from_logits=True,
+                                                         label_smoothing=label_smoothing)
+    return loss
+
+
+def _training_loss(multi_label, label_smoothing):
+    if multi_label:
+        return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+
+
+def _prepare_workdir(workdir, config, chief):
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    saved = config_lib.read_config(path)
+    if saved is not None:
+        config_lib.check_resume(saved, config.to_dict())
+    elif chief:
+        config_lib.save_config(config, path)
+
+
+def pretrain(config, workdir, strategy=None):
+    """Run (or resume) the pretraining job described by `config` in `workdir`; returns a PretrainResult.
+
+    Raises ValueError for a bad config before any heavy work, and cb.TrainingDiverged when the loss becomes
+    NaN/inf (the last good checkpoint is left intact).
+    """
+    if not workdir:
+        raise ValueError("workdir must be a directory path (it holds checkpoints, logs and the result).")
+    config_lib.validate(config)  # everything that can be checked without TensorFlow devices
+    if strategy is None:
+        strategy = strategy_lib.make_strategy(config.strategy, config.num_cpu_devices, config.tpu_address)
+    replicas = strategy.num_replicas_in_sync
+    config_lib.validate(config, num_replicas=replicas)
+    chief = strategy_lib.is_chief(strategy)
+    _prepare_workdir(workdir, config, chief)
+
+    info = corpus_lib.load_metadata(config.corpus)
+    num_train = info.split(config.train_split).num_examples
+    row = get_variant(config.variant)
+    image_size = config.image_size or row.train_image_size
+    eval_size = config.eval_image_size or row.test_image_size
+    steps_total = config_lib.total_steps(config, num_train)
+    last_step = min(steps_total, config.max_steps) if config.max_steps else steps_total
+    warmup = int(round(config.warmup_epochs * num_train / config.global_batch_size))
+    precision = strategy_lib.resolve_precision(config.precision, strategy)
+    log.info("%s on %d replicas (%s), %s: %d steps of %d images = %.3g epochs of %d examples",
+             config.variant, replicas, type(strategy).__name__, precision, steps_total, config.global_batch_size,
+             config.epochs, num_train)
+
+    keras.utils.set_random_seed(config.seed)  # same initial weights on every replica, host and restart
+    with strategy.scope():
+        model = NFNet(config.variant, num_classes=info.num_classes,
+                      stochastic_depth_rate=config.stochastic_depth_rate,
+                      dropout_rate=None if config.dropout_rate < 0 else config.dropout_rate,
+                      input_shape=(image_size, image_size, 3),
+                      dtype=None if precision == "float32" else precision)
+        optimizer = nfnet_optimizer(base_learning_rate=config.base_learning_rate,
+                                    batch_size=config.global_batch_size, total_steps=steps_total,
+                                    warmup_steps=warmup, weight_decay=config.weight_decay,
+                                    clip_factor=config.agc_clip if config.agc_clip > 0 else None,
+                                    momentum=config.momentum)
+        model.compile(optimizer=optimizer, loss=_training_loss(info.multi_label, config.label_smoothing),
+                      steps_per_execution=config.steps_per_execution,
+                      jit_compile=keras_workarounds.resolve_jit_compile(strategy, config.jit_compile))
+        optimizer.build(model.trainable_variables)
+    keras_workarounds.apply(model, strategy)
+
+    manager = CheckpointManager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, write=chief)
+    flops_per_image = train_flops_per_image(row, image_size, info.num_classes)
+    peak = config.peak_flops_per_device or None
+    clock = ComputeClock(flops_per_image, replicas, peak)
+    start_step = 0
+    if manager.latest_step() is not None:
+        start_step, state = manager.restore(model)
+        clock.load_state(state.get("compute", {}))
+        print(f"Resuming from step {start_step} of {steps_total} (checkpoint {manager.path(start_step)}); the "
+              f"input stream restarts at data position {start_step} (epoch "
+              f"{start_step * config.global_batch_size // num_train}).", flush=True)
+    if peak is None:
+        clock.peak_flops_per_device = measure_peak_flops(seconds=0.5)
+        log.info("measured peak %.3g FLOP/s per device (matmul)", clock.peak_flops_per_device)
+
+    tb_dir = os.path.join(workdir, "tensorboard")
+    writer = tf.summary.create_file_writer(tb_dir if chief else os.path.join(workdir, ".tb_worker"))
+    if chief and start_step == 0:
+        cb.write_hparams(writer, config.to_dict(), trial_id=os.path.basename(os.path.abspath(workdir)))
+
+    def train_fn(ctx):
+        return pipeline.train_dataset(config.corpus, config.train_split, config.global_batch_size, image_size,
+                                      config.seed, start_step=start_step, input_context=ctx, crop=config.crop,
+                                      flip=config.flip)
+
+    evaluator = HeldOutEvaluator(model, strategy, config.corpus, config.heldout_split,
+                                 _eval_batch(config.global_batch_size, replicas), eval_size,
+                                 per_example_loss_fn(info.multi_label))
+    guard = cb.DivergenceGuard()
+    preemption = cb.PreemptionSignal()
+    state_fn = lambda: {"compute": clock.state(), "data_position": global_step_of(model),  # noqa: E731
+                        "total_steps": steps_total, "time": time.time()}
+    checkpointing = cb.Checkpointing(manager, config.checkpoint_every_steps, state_fn, guard, preemption, clock)
+    heldout = cb.HeldOutLoss(evaluator, writer, clock, config.eval_every_steps, guard)
+    callbacks = [guard, cb.StopAtStep(last_step), cb.TrainingScalars(writer, clock, config.log_every_steps,
+                                                                    config.global_batch_size),
+                 checkpointing, heldout]
+
+    if start_step < last_step:
+        epoch_len = min(config.eval_every_steps, last_step)
+        model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // epoch_len),
+                  initial_epoch=start_step // epoch_len, steps_per_epoch=epoch_len, callbacks=callbacks,
+                  verbose=config.verbose if chief else 0)
+    preemption.restore()
+    step = global_step_of(model)
+    if guard.diverged is not None:
+        bad_step, loss = guard.diverged
+        kept = manager.latest_step()
+        raise cb.TrainingDiverged(
+            f"training diverged: the loss became {loss} at step {bad_step}. The last good checkpoint "
+            f"({manager.path(kept) if kept is not None else 'none'}) is intact; lower base_learning_rate "
+            f"(now {config.base_learning_rate}) or agc_clip (now {config.agc_clip}) and start a new workdir.")
+    if start_step >= last_step and not heldout.history:
+        heldout._evaluate(step)  # the run was already complete: report its held-out loss again
+    status = "done" if step >= steps_total else ("preempted" if checkpointing.preempted_at is not None else "stopped")
+    result = PretrainResult(status, step, steps_total, heldout.history[-1][1] if heldout.history else math.nan,
+                            clock.flops, clock.device_hours, os.path.abspath(workdir), os.path.abspath(tb_dir))
+    if chief and status == "done":
+        tmp = os.path.join(workdir, "result.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(dataclasses.asdict(result), f, indent=1)
+        os.replace(tmp, os.path.join(workdir, "result.json"))
+    writer.close()
+    return result
+
+
+def global_step_of(model):
+    return int(model.optimizer.iterations.numpy())
+
+
+def _eval_batch(global_batch_size, replicas):
+    return max(replicas, (global_batch_size // replicas) * replicas)

@@ -1,0 +1,52 @@
+"""Pretrain an NFNet on a corpus with model.fit under a tf.distribute strategy.
+
+    python -m trainers.pretrain --config trainers/configs/cpu_tiny.py:corpus=/tmp/corpus --workdir /tmp/run
+
+Re-running the same command resumes from the newest checkpoint in --workdir. SIGTERM saves a checkpoint and
+exits with status 143 (re-run to continue); a NaN/inf loss exits with status 3, leaving the last good
+checkpoint; a bad config exits with status 2 before any work starts.
+"""
+import logging
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("config", None, "config file with overrides: path.py[:key=value,key=value]", required=True)
+flags.DEFINE_multi_string("set", [], "more overrides, key=value (may repeat)")
+flags.DEFINE_string("workdir", None, "directory for checkpoints, TensorBoard logs and the result", required=True)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger("keras_nfnet").setLevel(logging.INFO)
+    from keras_nfnet.training import config as config_lib
+
+    try:
+        config = config_lib.load_config(FLAGS.config, FLAGS.set)
+        config_lib.validate(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from keras_nfnet.training import callbacks as cb
+    from keras_nfnet.training.pretrain import pretrain
+
+    print(f"TensorBoard logs: {FLAGS.workdir}/tensorboard  (tensorboard --logdir {FLAGS.workdir}/tensorboard)",
+          flush=True)
+    try:
+        result = pretrain(config, FLAGS.workdir)
+    except cb.TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{result.status} at step {result.step}/{result.total_steps}: held-out loss {result.heldout_loss:.4f}, "
+          f"{result.flops:.3g} training FLOPs, {result.device_hours:.3g} device-hours", flush=True)
+    print(f"TensorBoard logs: {result.tensorboard_dir}", flush=True)
+    return 143 if result.status == "preempted" else 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
