@@ -110,17 +110,20 @@ def test_summing_twice_would_differ(single_device_run, monkeypatch):
 
 def test_loss_scale_optimizer_unscales_before_agc(single_device_run):
     """LossScaleOptimizer(AGC(...)) with mixed_float16 under MirroredStrategy: AGC sees unscaled gradients."""
-    reference, single_opt = single_device_run
+    _, fp32_opt = single_device_run
 
     def scaled():
         return keras.optimizers.LossScaleOptimizer(agc_sgd(), initial_scale=2.0 ** 10)
 
+    reference, _ = train(tf.distribute.get_strategy(), scaled, dtype_policy="mixed_float16")
     weights, opt = train(mirrored(), scaled, dtype_policy="mixed_float16")
     agc = opt.inner_optimizer
     assert isinstance(agc, AGC) and float(agc.clipped_fraction.numpy()) > 0
-    # A scaled gradient would report a norm ~1000x larger; float16 activations explain small differences.
-    np.testing.assert_allclose(float(agc.grad_norm.numpy()), float(single_opt.grad_norm.numpy()), rtol=2e-2)
-    assert max_difference(weights, reference) < 2e-3
+    # A still-scaled gradient would report a norm 1024x larger; float16 activations explain ~0.2%.
+    np.testing.assert_allclose(float(agc.grad_norm.numpy()), float(fp32_opt.grad_norm.numpy()), rtol=2e-2)
+    # float16 rounding differs between one device and two (~1.5e-3 measured); clipping per replica would be
+    # off by ~3.6e-2 on this data.
+    assert max_difference(weights, reference) < 5e-3
     assert int(opt.iterations.numpy()) == STEPS
 
 
