@@ -110,7 +110,6 @@ class ModelServer:
         }
         self._lock = threading.Lock()
         self._in_flight = 0
-        self.draining = False
         self._urls = Map(
             [
                 Rule("/v1/models/<name>", endpoint="status", methods=["GET"]),
@@ -144,10 +143,6 @@ class ModelServer:
         return response(environ, start_response)
 
     def _dispatch(self, request):
-        if self.draining:
-            response = _json({"error": "server is shutting down"}, 503)
-            response.headers["Connection"] = "close"
-            return response
         try:
             endpoint, args = self._urls.bind_to_environ(request.environ).match()
             self._check_model(args["name"], args.get("version"))
@@ -345,10 +340,9 @@ def serve(model_base_path, model_name=None, host="127.0.0.1", port=8501, threads
     try:
         while not stop.is_set():
             wasyncore.loop(timeout=0.2, map=socket_map, count=1)
-        # Stop accepting: close the listening socket (new connections are refused) and answer any new request
-        # on an open keep-alive connection with 503; keep the loop running so in-flight responses get written.
+        # Stop accepting (close the listening socket: new connections are refused), then keep the loop running
+        # until every request already being received or computed has been answered, or the grace time is up.
         wasyncore.dispatcher.close(server)
-        app.draining = True
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline and (app.in_flight or _pending_output(socket_map)):
             wasyncore.loop(timeout=0.05, map=socket_map, count=1)
@@ -361,5 +355,6 @@ def serve(model_base_path, model_name=None, host="127.0.0.1", port=8501, threads
 
 
 def _pending_output(socket_map):
-    return any(getattr(channel, "total_outbufs_len", 0) or getattr(channel, "requests", None)
-               for channel in list(socket_map.values()))
+    """Whether any connection is still receiving a request, has requests queued, or has unsent output."""
+    return any(getattr(channel, "request", None) is not None or getattr(channel, "requests", None)
+               or getattr(channel, "total_outbufs_len", 0) for channel in list(socket_map.values()))
