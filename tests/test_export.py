@@ -78,9 +78,21 @@ def _keras_probabilities(model, images):
     return _softmax(model.predict(batch, verbose=0))
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = _tiny_model()
+def _tiny_nfnet():
+    from keras_nfnet.models import NFNet
+
+    keras.utils.set_random_seed(0)
+    model = NFNet("tiny", num_classes=len(CLASS_NAMES))
+    # Trained-looking (large) classifier weights instead of the N(0, 0.01) init, so outputs are far from uniform.
+    classifier = model.get_layer("classifier")
+    kernel = np.random.default_rng(0).normal(0, 3.0, classifier.kernel.shape).astype("float32")
+    classifier.kernel.assign(kernel)
+    return model
+
+
+@pytest.fixture(scope="module", params=["keras_cnn", "nfnet_tiny"])
+def exported(tmp_path_factory, request):
+    model = _tiny_model() if request.param == "keras_cnn" else _tiny_nfnet()
     base = str(tmp_path_factory.mktemp("serving"))
     path = export.export_for_serving(
         model, base, "animals", class_names=CLASS_NAMES, image_size=IMAGE_SIZE, top_k=3, verbose=False
