@@ -44,6 +44,7 @@ def main(argv):
         return 2
     print(f"{result.status} at step {result.step}/{result.total_steps}: held-out loss {result.heldout_loss:.4f}, "
           f"{result.flops:.3g} training FLOPs, {result.device_hours:.3g} device-hours", flush=True)
+    print(f"final weights sha256: {result.weights_sha256}", flush=True)
     print(f"TensorBoard logs: {result.tensorboard_dir}", flush=True)
     return 143 if result.status == "preempted" else 0
 

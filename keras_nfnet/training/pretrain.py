@@ -15,6 +15,7 @@ The work directory holds everything a run produces:
 Re-running the same command resumes from the newest checkpoint at the exact step and data position.
 """
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_nfnet.data import corpus as corpus_lib
@@ -50,6 +52,7 @@ class PretrainResult:
     device_hours: float
     workdir: str
     tensorboard_dir: str
+    weights_sha256: str         # fingerprint of the final weights (equal on every worker of a synchronous job)
 
 
 def per_example_loss_fn(multi_label, label_smoothing=0.0):
@@ -186,7 +189,8 @@ def pretrain(config, workdir, strategy=None):
         heldout._evaluate(step)  # the run was already complete: report its held-out loss again
     status = "done" if step >= steps_total else ("preempted" if checkpointing.preempted_at is not None else "stopped")
     result = PretrainResult(status, step, steps_total, heldout.history[-1][1] if heldout.history else math.nan,
-                            clock.flops, clock.device_hours, os.path.abspath(workdir), os.path.abspath(tb_dir))
+                            clock.flops, clock.device_hours, os.path.abspath(workdir), os.path.abspath(tb_dir),
+                            weights_fingerprint(model))
     if chief and status == "done":
         tmp = os.path.join(workdir, "result.json.tmp")
         with open(tmp, "w") as f:
@@ -194,6 +198,14 @@ def pretrain(config, workdir, strategy=None):
         os.replace(tmp, os.path.join(workdir, "result.json"))
     writer.close()
     return result
+
+
+def weights_fingerprint(model):
+    """sha256 of every weight's bytes, in model order."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
 
 
 def global_step_of(model):

@@ -1,0 +1,93 @@
+"""MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 run the pretrain command with model.fit
+(through the workarounds of keras_nfnet.training.keras_workarounds) and end with identical weights, equal to a
+single-process run of the same global batch."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from keras_nfnet.data.synthetic import make_synthetic_corpus
+
+    path = str(tmp_path_factory.mktemp("corpus"))
+    make_synthetic_corpus(path, num_images=64, num_classes=10, image_size=32, num_holdout=16, seed=2,
+                          multi_label=True, examples_per_shard=32)
+    return path
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _launch(corpus, workdir, strategy, tf_config=None, steps_per_execution=1):
+    overrides = (f"corpus={corpus},strategy={strategy},global_batch_size=8,epochs={STEPS * 8 / 64},"
+                 f"steps_per_execution={steps_per_execution},checkpoint_every_steps={STEPS},"
+                 f"eval_every_steps={STEPS},log_every_steps={steps_per_execution},peak_flops_per_device=1e11,"
+                 "verbose=0")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    env.pop("TF_CONFIG", None)
+    if tf_config:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    cmd = [sys.executable, os.path.join(ROOT, "trainers", "pretrain.py"),
+           "--config", f"{ROOT}/trainers/configs/cpu_tiny.py:{overrides}", "--workdir", workdir]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights(path):
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) and "layers" in n
+                     else None)
+    return out
+
+
+@pytest.mark.parametrize("steps_per_execution", [2])
+def test_two_workers_match_one_process(corpus, tmp_path, steps_per_execution):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workdir = str(tmp_path / "multi")
+    workers = [_launch(corpus, workdir, "multiworker", {"cluster": cluster, "task": {"type": "worker", "index": i}},
+                       steps_per_execution) for i in range(2)]
+    single = _launch(corpus, str(tmp_path / "single"), "default", None, steps_per_execution)
+    outputs = []
+    for proc in workers + [single]:
+        try:
+            outputs.append(proc.communicate(timeout=400)[0])
+        except subprocess.TimeoutExpired:
+            for p in workers + [single]:
+                p.kill()
+            raise
+        assert proc.returncode == 0, outputs[-1][-4000:]
+    shas = [re.search(r"final weights sha256: (\w+)", out).group(1) for out in outputs]
+    assert shas[0] == shas[1], "the two workers ended with different weights"
+    assert "at step 6/6" in outputs[0] and "at step 6/6" in outputs[1]
+
+    ckpt = f"checkpoints/ckpt-{STEPS:09d}/model.weights.h5"
+    multi, one = _weights(os.path.join(workdir, ckpt)), _weights(str(tmp_path / "single" / ckpt))
+    assert sorted(multi) == sorted(one) and len(one) > 10
+    for name in one:
+        np.testing.assert_allclose(multi[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # Training moved the weights (equal untouched initial weights would prove nothing): the classifier bias
+    # starts at zero.
+    bias = one["layers/dense/vars/1"]  # the classifier, the model's only Dense layer
+    assert bias.shape == (10,) and np.abs(bias).max() > 1e-4
+    losses = [float(re.search(r"held-out loss ([\d.]+)", out).group(1)) for out in outputs]
+    assert losses[0] == losses[1]
+    assert abs(losses[0] - losses[2]) < 1e-4
