@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from keras_nfnet.scaling import report
 from keras_nfnet.scaling.results import read_csv
@@ -52,3 +53,28 @@ def test_partial_sweep_is_analysed_with_skipped_fits_named(tmp_path):
     assert "loss_frontier" in out["skipped"] and "allocation" in out["skipped"]
     assert "Skipped loss_frontier" in open(tmp_path / "report.txt").read()
     assert out["cells"][0]["best_lr"] == 0.8
+
+
+def test_findings_are_not_resolved_where_the_search_did_not_bracket_the_best_lr(tmp_path):
+    # One LR per cell: nothing can be said about the best LR, and 2-3 frontier points cannot show straightness.
+    # S1 at 0.25 epochs is worse than the cheaper S0 at 0.5 epochs: 3 frontier cells.
+    runs = [_run(v, p, e, 0.4, 3.0 / (p * e) ** 0.05 + (0.3 if (v, e) == ("S1", 0.25) else 0), 1e6 * p * e)
+            for v, p in (("S0", 2e4), ("S1", 7e4)) for e in (0.25, 0.5)]
+    findings = report.analyze(runs, str(tmp_path), n_bootstrap=20)["findings"]
+    assert findings["best_lr_shared_at_small_budget"][0] == "not resolved"
+    assert findings["best_lr_falls_with_budget"][0] == "not resolved"
+    assert findings["loglog_linear_frontier"][0] == "not resolved"
+
+
+def test_best_lr_findings_follow_a_known_falling_optimum(tmp_path):
+    # lr*(e) = 0.8 e^-0.5 for both models: shared at the smallest budget and falling.
+    runs = []
+    for v, p in (("S0", 2e4), ("S1", 7e4)):
+        for e in (0.5, 1, 2, 4, 8):
+            for lr in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2):
+                loss = 2.0 / (p * e) ** 0.05 + 0.05 * (np.log2(lr) - np.log2(0.8 * e ** -0.5)) ** 2
+                runs.append(_run(v, p, e, lr, loss, 1e6 * p * e))
+    out = report.analyze(runs, str(tmp_path), n_bootstrap=100)
+    assert out["findings"]["best_lr_shared_at_small_budget"][0] == "yes"
+    assert out["findings"]["best_lr_falls_with_budget"][0] == "yes"
+    assert out["best_lr"]["S1"]["fit"]["exponent"] == pytest.approx(-0.5, abs=0.02)

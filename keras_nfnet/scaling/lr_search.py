@@ -55,9 +55,11 @@ def next_learning_rates(grid: Sequence[float], tried: Mapping[float, Optional[fl
     done = {grid_index(grid, lr): _as_loss(loss) for lr, loss in tried.items()}
     if mode == "grid":
         return [v for i, v in enumerate(grid) if i not in done]
-    if not done:
-        s = grid_index(grid, nearest_grid_lr(grid, start))
-        return [grid[i] for i in (s - 1, s, s + 1) if 0 <= i < len(grid)]
+    # The start and its neighbours come first, whatever order runs finish in (one run at a time re-plans).
+    s = grid_index(grid, nearest_grid_lr(grid, start))
+    first = [grid[i] for i in (s - 1, s, s + 1) if 0 <= i < len(grid) and i not in done]
+    if first:
+        return first
     if all(math.isinf(loss) for loss in done.values()):
         # Everything tried diverged: step below the smallest LR tried (larger LRs would diverge too).
         lowest = min(done) - 1

@@ -70,7 +70,7 @@ def plot_loss_vs_lr(cells: List[fitlib.Cell], path: str) -> str:
             ax.plot([c.best_lr], [c.loss], "*", color=color, markersize=12)
         ax.set_xscale("log", base=2)
         ax.set_title(variant)
-        ax.set_xlabel("peak learning rate")
+        ax.set_xlabel("learning rate (base, per 256 examples)")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("held-out loss")
     fig.suptitle("Held-out loss vs learning rate per epoch budget (stars: best)")
@@ -87,8 +87,11 @@ def plot_allocation(alloc: fitlib.AllocationFit, compute: str, path: str) -> str
              f"compute-optimal {_SIZE_LABEL[alloc.size_axis]}"),
             (ax2, [c.epochs for c in alloc.frontier], alloc.epochs, "compute-optimal epoch budget")):
         ax.plot(cx, values, "k*", markersize=10, label="frontier cells")
+        previous = None
         for c, v in zip(alloc.frontier, values):
-            ax.annotate(c.variant, (c.compute, v), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            if c.variant != previous:  # label where the optimal model changes, not every point
+                ax.annotate(c.variant, (c.compute, v), textcoords="offset points", xytext=(3, -10), fontsize=7)
+            previous = c.variant
         ax.plot(xs, f.predict(xs), "r--", label=f"exponent {_ci(f)}")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -108,7 +111,7 @@ def plot_best_lr(lr_fits: Dict[str, dict], path: str) -> str:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xlabel("epoch budget")
-    ax.set_ylabel("best peak learning rate")
+    ax.set_ylabel("best learning rate (base, per 256 examples)")
     ax.set_title("Best LR vs epoch budget (o: parabola-refined, x: best grid LR)")
     ax.legend(fontsize=8)
     return _save(fig, path)

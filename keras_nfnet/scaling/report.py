@@ -68,15 +68,14 @@ def check_findings(cells, loss_fit, alloc, lr_fits) -> dict:
         # "Straight on log-log axes": the quadratic term of log L in log C is not resolved from 0, or the plain
         # power law already fits within 1% of the loss.
         frontier = fitlib.pareto_frontier(cells)
-        try:
+        evidence = f"exponent {_ci(loss_fit)}, rms residual {100 * loss_fit.rmse_log:.2f}% of the loss"
+        if len(frontier) < 4:  # any 2 or 3 points look straight enough
+            findings["loglog_linear_frontier"] = ("not resolved", evidence + f", only {len(frontier)} frontier points")
+        else:
             curv, (lo, hi) = fitlib.loglog_curvature([c.compute for c in frontier], [c.loss for c in frontier])
-            straight = lo <= 0 <= hi or loss_fit.rmse_log < 0.01
-            curvature = f", log-log curvature {curv:.4f} [{lo:.4f}, {hi:.4f}]"
-        except ValueError:
-            straight, curvature = loss_fit.rmse_log < 0.01, ""
-        findings["loglog_linear_frontier"] = (
-            "yes" if straight and loss_fit.exponent_ci[1] < 0 else "no",
-            f"exponent {_ci(loss_fit)}, rms residual {100 * loss_fit.rmse_log:.2f}% of the loss{curvature}")
+            straight = (lo <= 0 <= hi or loss_fit.rmse_log < 0.01) and loss_fit.exponent_ci[1] < 0
+            findings["loglog_linear_frontier"] = (
+                "yes" if straight else "no", evidence + f", log-log curvature {curv:.4f} [{lo:.4f}, {hi:.4f}]")
     for key, f in (("optimal_size_grows", alloc.size if alloc else None),
                    ("optimal_epochs_grow", alloc.epochs if alloc else None)):
         if f is None:
@@ -84,19 +83,40 @@ def check_findings(cells, loss_fit, alloc, lr_fits) -> dict:
         else:
             verdict = "yes" if f.exponent_ci[0] > 0 else "no" if f.exponent_ci[1] <= 0 else "not resolved"
             findings[key] = (verdict, f"exponent {_ci(f)}")
+    # A best LR says something only where the search bracketed it (3+ LRs tried, best not at an edge).
+    bracketed = [c for c in cells if len(c.lrs) >= 3 and not c.lr_at_edge]
     smallest = min((c.epochs for c in cells), default=None)
     first_lrs = {c.variant: c.refined_lr for c in cells if c.epochs == smallest}
     if len(first_lrs) >= 2:
-        spread = max(first_lrs.values()) / min(first_lrs.values())
+        if all(any(b is c for b in bracketed) for c in cells if c.epochs == smallest):
+            spread = max(first_lrs.values()) / min(first_lrs.values())
+            verdict = "yes" if spread <= 2.0 else "no"
+        else:
+            verdict = "not resolved"
         findings["best_lr_shared_at_small_budget"] = (
-            "yes" if spread <= 2.0 else "no",
-            f"best LR at {smallest:g} epochs: " + ", ".join(f"{v} {lr:.3g}" for v, lr in first_lrs.items()))
-    falling = {v: e["fit"] for v, e in lr_fits.items() if e["fit"] is not None}
-    if falling:
-        verdicts = [f.exponent_ci[1] < 0 for f in falling.values()]
-        findings["best_lr_falls_with_budget"] = (
-            "yes" if all(verdicts) else "no" if not any(verdicts) else "for some models",
-            "; ".join(f"{v}: exponent {_ci(f)}" for v, f in falling.items()))
+            verdict, f"best LR at {smallest:g} epochs: " + ", ".join(f"{v} {lr:.3g}" for v, lr in first_lrs.items()))
+    verdicts, evidence = [], []
+    for v, e in lr_fits.items():
+        if e["fit"] is None:
+            continue
+        mine = [c for c in cells if c.variant == v]
+        if not all(any(b is c for b in bracketed) for c in mine):
+            verdicts.append(None)
+            evidence.append(f"{v}: best LR not bracketed at every budget")
+            continue
+        f = e["fit"]
+        verdicts.append(True if f.exponent_ci[1] < 0 else False if f.exponent_ci[0] >= 0 else None)
+        evidence.append(f"{v}: exponent {_ci(f)}")
+    if verdicts:
+        if all(x is True for x in verdicts):
+            verdict = "yes"
+        elif any(x is True for x in verdicts):
+            verdict = "for some models"
+        elif all(x is False for x in verdicts):
+            verdict = "no"
+        else:
+            verdict = "not resolved"
+        findings["best_lr_falls_with_budget"] = (verdict, "; ".join(evidence))
     return findings
 
 

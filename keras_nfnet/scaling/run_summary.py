@@ -1,0 +1,90 @@
+"""Turns a pretraining run's directory into a row of the results table.
+
+The pretraining trainer (`keras_nfnet.training.pretrain`) leaves in its workdir:
+    config.json   the config the run started with
+    result.json   written when the epoch budget is done: step, total_steps, heldout_loss, flops, device_hours
+    checkpoints/ckpt-<step>/state.json   the compute clock at each checkpoint
+A run that diverged (the trainer exits with status 3 and writes no result.json) is marked by the sweep with
+`diverged.json`, so the learning-rate search counts it as tried without re-running it.
+"""
+import glob
+import json
+import os
+
+from keras_nfnet.scaling.results import RunResult
+
+RESULT_FILE = "result.json"
+DIVERGED_FILE = "diverged.json"
+CONFIG_FILE = "config.json"
+
+
+def is_finished(run_dir: str) -> bool:
+    return os.path.isfile(os.path.join(run_dir, RESULT_FILE)) or os.path.isfile(os.path.join(run_dir, DIVERGED_FILE))
+
+
+def mark_diverged(run_dir: str, message: str) -> None:
+    """Records that the run diverged, with the compute it had spent by its last checkpoint."""
+    state = _latest_checkpoint_state(run_dir)
+    compute = state.get("compute", {})
+    row = {"message": message.strip()[-2000:], "step": state.get("step", 0),
+           "flops": float(compute.get("flops", 0.0)), "device_hours": float(compute.get("device_seconds", 0.0)) / 3600}
+    tmp = os.path.join(run_dir, DIVERGED_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(row, f, indent=1)
+    os.replace(tmp, os.path.join(run_dir, DIVERGED_FILE))
+
+
+def collect_run(run, spec=None) -> RunResult:
+    """The results row of a finished (or diverged) planned run; `run` is a `sweep.PlannedRun`."""
+    return read_run_dir(run.run_dir, run_id=run.run_id, learning_rate=run.learning_rate)
+
+
+def read_run_dir(run_dir: str, run_id: str = None, learning_rate: float = None) -> RunResult:
+    """The results row of one pretraining workdir. `learning_rate` defaults to the config's base_learning_rate."""
+    from keras_nfnet.data.corpus import load_metadata
+    from keras_nfnet.flops import count_macs, count_params
+    from keras_nfnet.variants import get_variant
+
+    config = _read_json(os.path.join(run_dir, CONFIG_FILE), "the run's config (written when it started)")
+    diverged_path = os.path.join(run_dir, DIVERGED_FILE)
+    if os.path.isfile(diverged_path):
+        summary, status = _read_json(diverged_path, "the divergence marker"), "diverged"
+        summary["heldout_loss"] = None
+    else:
+        summary = _read_json(os.path.join(run_dir, RESULT_FILE), "the run's result (written when its budget is done)")
+        status = "finished"
+    info = load_metadata(config["corpus"])
+    image_size = config.get("image_size") or get_variant(config["variant"]).train_image_size
+    return RunResult(
+        run_id=run_id or os.path.basename(os.path.normpath(run_dir)),
+        variant=config["variant"],
+        params=count_params(config["variant"], num_classes=info.num_classes),
+        macs_per_image=count_macs(config["variant"], image_size, num_classes=info.num_classes),
+        epochs=float(config["epochs"]),
+        learning_rate=float(learning_rate if learning_rate is not None else config["base_learning_rate"]),
+        steps=int(summary.get("step", 0)),
+        batch_size=int(config["global_batch_size"]),
+        heldout_loss=summary["heldout_loss"],
+        flops=float(summary["flops"]),
+        device_hours=float(summary["device_hours"]),
+        image_size=int(image_size),
+        seed=int(config.get("seed", 0)),
+        run_dir=os.path.abspath(run_dir),
+        status=status,
+    )
+
+
+def _read_json(path, what):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing ({what}); was this directory made by trainers/pretrain.py, "
+                                f"and did the run finish?")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _latest_checkpoint_state(run_dir):
+    states = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*", "state.json")))
+    if not states:
+        return {}
+    with open(states[-1], encoding="utf-8") as f:
+        return json.load(f)

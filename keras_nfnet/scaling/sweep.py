@@ -1,0 +1,365 @@
+"""Sweeps: declare (model variants x epoch budgets x learning rates), plan the runs, launch them through the
+pretraining trainer, collect each run's result into the results store.
+
+A sweep file is Python, like the run configs (`--sweep trainers/configs/sweep_toy.py:smoke=true`): it defines
+`get_sweep(**overrides)` returning a dict of `SweepSpec` fields. The sweep owns three fields of every run's
+pretraining config (`variant`, `epochs`, `base_learning_rate`); everything else comes from the base
+`pretrain_config` plus the sweep's `shared` overrides, and each run trains in `<workdir>/runs/<run_id>`.
+
+Planning is a pure function of the spec and the results so far (`plan_sweep`), which makes the sweep resumable
+(finished runs are in the store and are never re-planned; an interrupted run is planned again with the same
+run_id and directory, and the trainer resumes it from its last checkpoint) and lets the same plan be run one
+run after another here (`run_sweep`) or as independent cluster jobs (`PlannedRun.command`, then `collect`).
+"""
+import dataclasses
+import importlib.util
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from keras_nfnet.scaling import lr_search
+from keras_nfnet.scaling.results import ResultsStore, RunResult
+
+# Fields of the pretraining config that the sweep sets per run; `shared` may not override them.
+OWNED_FIELDS = ("variant", "epochs", "base_learning_rate")
+RESULTS_FILE = "results.jsonl"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    name: str
+    pretrain_config: str  # base run config file (trainers/configs/*.py), optionally with ":key=value" overrides
+    variants: List[str]  # smallest model first: the smart LR search hands best LRs up the ladder
+    epoch_budgets: List[float]
+    lr_grid: List[float]  # values of the trainer's base_learning_rate (per 256 examples), a factor-2 grid
+    initial_lr: float  # where the smart search of the first (model, budget) starts
+    lr_search: str = "smart"  # "smart" (the paper's neighbour search) or "grid" (every LR for every cell)
+    shared: Dict[str, object] = dataclasses.field(default_factory=dict)  # overrides for every run
+    compute: str = "flops"  # x-axis of the fits: "flops" or "device_hours"
+    size: str = "params"  # model size axis of the allocation fit: "params" or "macs_per_image"
+    irreducible: bool = False  # fit the loss frontier with an irreducible term
+    n_bootstrap: int = 1000
+
+    def validate(self) -> "SweepSpec":
+        from keras_nfnet.scaling.fit import COMPUTE_AXES, SIZE_AXES
+        from keras_nfnet.training.config import PretrainConfig
+        from keras_nfnet.variants import VARIANTS
+
+        problems = []
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if not self.variants or unknown:
+            problems.append(f"variants must be a non-empty list of known variants; unknown {unknown}, known "
+                            f"{', '.join(VARIANTS)}")
+        if len(set(self.variants)) != len(self.variants):
+            problems.append(f"variants repeat: {self.variants}")
+        if not self.epoch_budgets or any(not (isinstance(e, (int, float)) and e > 0) for e in self.epoch_budgets):
+            problems.append(f"epoch_budgets must be positive numbers, got {self.epoch_budgets}")
+        elif len(set(self.epoch_budgets)) != len(self.epoch_budgets):
+            problems.append(f"epoch_budgets repeat: {self.epoch_budgets}")
+        try:
+            lr_search.check_grid(self.lr_grid)
+        except ValueError as e:
+            problems.append(f"lr_grid: {e}")
+        if not (isinstance(self.initial_lr, (int, float)) and self.initial_lr > 0):
+            problems.append(f"initial_lr must be a positive number, got {self.initial_lr!r}")
+        if self.lr_search not in lr_search.SEARCH_MODES:
+            problems.append(f"lr_search must be one of {lr_search.SEARCH_MODES}, got {self.lr_search!r}")
+        if self.compute not in COMPUTE_AXES:
+            problems.append(f"compute must be one of {COMPUTE_AXES}, got {self.compute!r}")
+        if self.size not in SIZE_AXES:
+            problems.append(f"size must be one of {SIZE_AXES}, got {self.size!r}")
+        fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+        bad = sorted(set(self.shared) - fields)
+        if bad:
+            problems.append(f"shared has unknown pretraining config field(s) {bad}")
+        owned = sorted(set(self.shared) & set(OWNED_FIELDS))
+        if owned:
+            problems.append(f"shared may not set {owned}: the sweep sets them per run")
+        if self.shared.get("max_steps"):
+            problems.append("shared may not set max_steps: a run stopped early has no final held-out loss; "
+                            "use smaller epoch_budgets instead")
+        config_path = self.pretrain_config.partition(":")[0]
+        if not os.path.isfile(_repo_path(config_path)):
+            problems.append(f"pretrain_config file {config_path} does not exist")
+        if problems:
+            raise ValueError(f"bad sweep {self.name!r}:\n  - " + "\n  - ".join(problems))
+        self.epoch_budgets = sorted(float(e) for e in self.epoch_budgets)
+        self.lr_grid = lr_search.check_grid(self.lr_grid)
+        return self
+
+
+def load_sweep(spec: str) -> SweepSpec:
+    """Loads 'path.py[:key=value,...]': the file's get_sweep(**overrides) returns a dict of SweepSpec fields."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sweep file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"_sweep_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"sweep file {path} must define get_sweep(**overrides) returning a dict of fields")
+    overrides = {}
+    for item in filter(None, (s.strip() for s in arg.split(","))):
+        if "=" not in item:
+            raise ValueError(f"sweep override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    fields = module.get_sweep(**overrides)
+    names = {f.name for f in dataclasses.fields(SweepSpec)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"sweep file {path} returned unknown field(s) {unknown}; known: {sorted(names)}")
+    return SweepSpec(**fields).validate()
+
+
+def run_id(variant: str, epochs: float, lr: float) -> str:
+    return f"{variant}-e{epochs:g}-lr{lr:g}"
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    run_id: str
+    variant: str
+    epochs: float
+    learning_rate: float
+    run_dir: str
+    overrides: Dict[str, object]  # every pretraining config override of this run
+    reason: str  # why this LR (where the smart search started)
+
+    def command(self, spec: SweepSpec, python: str = "python") -> List[str]:
+        """The pretraining command of this run (what a cluster job runs, from the repository root)."""
+        override_text = ",".join(f"{k}={_fmt(v)}" for k, v in self.overrides.items())
+        base, _, base_overrides = spec.pretrain_config.partition(":")
+        text = ",".join(filter(None, [base_overrides, override_text]))
+        return [python, "-m", "trainers.pretrain", f"--config={base}:{text}", f"--workdir={self.run_dir}"]
+
+
+@dataclasses.dataclass
+class Plan:
+    ready: List[PlannedRun]  # runs whose learning rate is decided and that have no result yet
+    waiting: List[Tuple[str, float, str]]  # (variant, epochs, why) cells that wait for another cell's search
+    finished: Dict[Tuple[str, float], Optional[float]]  # cells whose search is complete -> best LR
+    runs_done: int
+
+    @property
+    def complete(self) -> bool:
+        return not self.ready and not self.waiting
+
+
+def tried_table(results: List[RunResult]) -> Dict[Tuple[str, float], Dict[float, Optional[float]]]:
+    """(variant, epochs) -> {learning_rate: held-out loss (None if diverged)} from the store's rows."""
+    table: Dict[Tuple[str, float], Dict[float, Optional[float]]] = {}
+    for r in results:
+        table.setdefault((r.variant, _key(r.epochs)), {})[float(r.learning_rate)] = (
+            r.heldout_loss if r.ok else None)
+    return table
+
+
+def plan_sweep(spec: SweepSpec, results: List[RunResult], workdir: str) -> Plan:
+    """What to run next, given the results so far. Cells are visited smallest model first, shortest budget first."""
+    table = tried_table(results)
+    ready, waiting, finished = [], [], {}
+    for variant in spec.variants:
+        for epochs in spec.epoch_budgets:
+            tried = table.get((variant, _key(epochs)), {})
+            if spec.lr_search == "grid":
+                start, why = spec.initial_lr, "full grid"
+            else:
+                start, why = lr_search.start_learning_rate(variant, epochs, spec.variants, spec.epoch_budgets,
+                                                           finished, spec.initial_lr)
+            if start is None:
+                waiting.append((variant, epochs, why))
+                continue
+            todo = lr_search.next_learning_rates(spec.lr_grid, tried, start, spec.lr_search)
+            if not todo:
+                finished[(variant, epochs)] = lr_search.best_learning_rate(tried)
+                continue
+            for lr in todo:
+                rid = run_id(variant, epochs, lr)
+                overrides = {**spec.shared, "variant": variant, "epochs": epochs, "base_learning_rate": lr}
+                ready.append(PlannedRun(rid, variant, epochs, lr, os.path.join(workdir, "runs", rid), overrides,
+                                        f"start {why}"))
+    return Plan(ready, waiting, finished, len(results))
+
+
+def run_config(spec: SweepSpec, variant: str, epochs: float, lr: float):
+    """The full pretraining config (`PretrainConfig`) of one run; raises ValueError naming a bad field."""
+    from keras_nfnet.training.config import load_config
+
+    base, _, base_overrides = spec.pretrain_config.partition(":")
+    overrides = {**spec.shared, "variant": variant, "epochs": epochs, "base_learning_rate": lr}
+    text = ",".join(filter(None, [base_overrides, ",".join(f"{k}={_fmt(v)}" for k, v in overrides.items())]))
+    return load_config(f"{_repo_path(base)}:{text}")
+
+
+def estimate(spec: SweepSpec) -> List[dict]:
+    """Per cell: steps and training FLOPs of one run, and how many runs its LR search takes (fewest, most).
+
+    Needs the corpus (for its size and class count); raises FileNotFoundError when it is not there yet.
+    """
+    from keras_nfnet.data.corpus import load_metadata
+    from keras_nfnet.flops import count_macs
+    from keras_nfnet.variants import get_variant
+
+    n_grid = len(spec.lr_grid)
+    out = []
+    for variant in spec.variants:
+        for epochs in spec.epoch_budgets:
+            cfg = run_config(spec, variant, epochs, spec.initial_lr)
+            if not os.path.isfile(os.path.join(cfg.corpus, "metadata.json")):
+                raise FileNotFoundError(f"corpus {cfg.corpus!r} is not there yet (no metadata.json); make it first")
+            info = load_metadata(cfg.corpus)
+            n = info.split(cfg.train_split).num_examples
+            size = cfg.image_size or get_variant(variant).train_image_size
+            steps = max(1, math.ceil(epochs * n / cfg.global_batch_size))
+            flops = 6.0 * count_macs(variant, size, num_classes=info.num_classes) * steps * cfg.global_batch_size
+            lo, hi = (n_grid, n_grid) if spec.lr_search == "grid" else (min(3, n_grid), n_grid)
+            out.append({"variant": variant, "epochs": epochs, "steps": steps, "flops_per_run": flops,
+                        "runs_min": lo, "runs_max": hi})
+    return out
+
+
+def describe_plan(spec: SweepSpec, workdir: str) -> str:
+    """The dry run: what the sweep is, what has run, what runs next, and what the whole sweep will cost."""
+    results = ResultsStore(os.path.join(workdir, RESULTS_FILE)).load()
+    plan = plan_sweep(spec, results, workdir)
+    lines = [f"sweep {spec.name}: {len(spec.variants)} variants x {len(spec.epoch_budgets)} epoch budgets, "
+             f"{spec.lr_search} LR search over {len(spec.lr_grid)} LRs",
+             f"  variants {', '.join(spec.variants)}; budgets {', '.join(f'{e:g}' for e in spec.epoch_budgets)}; "
+             f"LR grid {', '.join(f'{v:g}' for v in spec.lr_grid)} (trainer base_learning_rate)",
+             f"  workdir {workdir}: {len(results)} runs done, {len(plan.finished)} cells finished",
+             f"runs ready now ({len(plan.ready)}):"]
+    for r in plan.ready:
+        lines.append(f"  {r.run_id:<22} {r.reason}")
+        lines.append(f"    {shlex.join(r.command(spec))}")
+    if plan.waiting:
+        lines.append(f"cells waiting for another cell's LR search ({len(plan.waiting)}):")
+        lines += [f"  {v} at {e:g} epochs: {why}" for v, e, why in plan.waiting]
+    try:
+        cells = estimate(spec)
+    except FileNotFoundError as e:
+        lines.append(f"no cost estimate: {e}")
+        return "\n".join(lines)
+    rate = _observed_flops_per_device_second(results)
+    lines.append("cost per cell (one run x the LR search's fewest..most runs):")
+    lines.append(f"  {'variant':<8}{'epochs':>8}{'steps':>8}{'FLOPs/run':>12}  runs")
+    lo = hi = 0.0
+    for c in cells:
+        lines.append(f"  {c['variant']:<8}{c['epochs']:>8g}{c['steps']:>8}{c['flops_per_run']:>12.3g}  "
+                     f"{c['runs_min']}..{c['runs_max']}")
+        lo += c["flops_per_run"] * c["runs_min"]
+        hi += c["flops_per_run"] * c["runs_max"]
+    lines.append(f"total training compute: {lo:.3g} .. {hi:.3g} FLOPs")
+    if rate:
+        lines.append(f"at the {rate:.3g} FLOP/s per device seen in this sweep's finished runs: "
+                     f"{lo / rate / 3600:.2f} .. {hi / rate / 3600:.2f} device-hours (evaluation not included)")
+    return "\n".join(lines)
+
+
+def _observed_flops_per_device_second(results: List[RunResult]) -> Optional[float]:
+    flops = sum(r.flops for r in results if r.device_hours and r.device_hours > 0)
+    hours = sum(r.device_hours for r in results if r.device_hours and r.device_hours > 0)
+    return flops / (hours * 3600) if hours > 0 else None
+
+
+Launcher = Callable[[PlannedRun, SweepSpec], None]
+
+
+def launch_subprocess(run: PlannedRun, spec: SweepSpec) -> None:
+    """Runs the pretraining trainer for `run` in a child process, its output appended to <run_dir>/train.log.
+
+    The trainer resumes from the run's newest checkpoint if there is one. A diverged run (exit status 3) is
+    marked as such and counts as tried; any other failure stops the sweep with the end of the log.
+    """
+    from keras_nfnet.scaling import run_summary
+
+    os.makedirs(run.run_dir, exist_ok=True)
+    log_path = os.path.join(run.run_dir, "train.log")
+    with open(log_path, "a", encoding="utf-8") as log:
+        proc = subprocess.run(run.command(spec, sys.executable), cwd=REPO_ROOT, stdout=log,
+                              stderr=subprocess.STDOUT)
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        tail = "".join(f.readlines()[-25:])
+    if proc.returncode == 3:
+        run_summary.mark_diverged(run.run_dir, tail)
+        return
+    if proc.returncode != 0:
+        what = "was preempted (SIGTERM; its checkpoint is saved)" if proc.returncode in (143, -15) else (
+            f"failed (exit status {proc.returncode})")
+        raise RuntimeError(f"run {run.run_id} {what}; the end of {log_path}:\n{tail}\nRun the sweep again to go "
+                           f"on: finished runs are kept and this run resumes from its last checkpoint.")
+
+
+def run_sweep(spec: SweepSpec, workdir: str, launcher: Launcher = launch_subprocess,
+              collector: Optional[Callable[[PlannedRun, SweepSpec], RunResult]] = None,
+              max_runs: Optional[int] = None, log: Callable[[str], None] = print) -> Plan:
+    """Runs planned runs one after another until the sweep is complete (or `max_runs` were launched)."""
+    from keras_nfnet.scaling import run_summary
+
+    collector = collector or run_summary.collect_run
+    store = ResultsStore(os.path.join(workdir, RESULTS_FILE))
+    cells = len(spec.variants) * len(spec.epoch_budgets)
+    launched, started = 0, time.time()
+    while True:
+        plan = plan_sweep(spec, store.load(), workdir)
+        if not plan.ready or (max_runs is not None and launched >= max_runs):
+            break
+        run = plan.ready[0]
+        t0 = time.time()
+        log(f"[sweep {spec.name}] run {plan.runs_done + 1}: {run.run_id} ({run.reason}); "
+            f"{len(plan.finished)}/{cells} cells done, {len(plan.ready)} runs ready")
+        if not run_summary.is_finished(run.run_dir):  # a finished run whose row was not written is not redone
+            launcher(run, spec)
+        result = collector(run, spec)
+        store.append(result)
+        launched += 1
+        log(f"[sweep {spec.name}] {run.run_id}: held-out loss {_fmt_loss(result)}, {result.steps} steps, "
+            f"{result.flops:.3g} FLOPs, {time.time() - t0:.0f} s (sweep {time.time() - started:.0f} s so far)")
+    if plan.complete:
+        log(f"[sweep {spec.name}] complete: {plan.runs_done} runs, {cells} cells")
+    elif not plan.ready:
+        raise RuntimeError(f"sweep {spec.name} is stuck: cells wait on others that cannot finish: {plan.waiting}")
+    return plan
+
+
+def collect(spec: SweepSpec, workdir: str, log: Callable[[str], None] = print) -> int:
+    """Adds to the store every run directory under <workdir>/runs that finished but has no row yet (after cluster
+    jobs). Returns how many rows were added."""
+    from keras_nfnet.scaling import run_summary
+
+    store = ResultsStore(os.path.join(workdir, RESULTS_FILE))
+    have = store.finished_ids()
+    added = 0
+    for run in plan_sweep(spec, store.load(), workdir).ready:
+        if run.run_id in have or not run_summary.is_finished(run.run_dir):
+            continue
+        store.append(run_summary.collect_run(run, spec))
+        added += 1
+        log(f"collected {run.run_id}")
+    return added
+
+
+def _repo_path(path: str) -> str:
+    return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO_ROOT, path)
+
+
+def _key(epochs: float) -> float:
+    return round(float(epochs), 9)
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _fmt_loss(r: RunResult) -> str:
+    return f"{r.heldout_loss:.4f}" if r.ok else "diverged"
+
+
+def format_commands(runs: List[PlannedRun], spec: SweepSpec, python: str = "python") -> str:
+    return "\n".join(shlex.join(r.command(spec, python)) for r in runs)
+
