@@ -4,9 +4,10 @@ Each workaround names what it answers upstream and is exercised by tests/test_tr
 deleted as soon as upstream is fixed (the tests then show whether stock Keras passes). Patches are applied to one
 model instance, never to Keras classes, so other models in the same process are untouched.
 
-1. STEP_LOOP: under MirroredStrategy, `steps_per_execution > 1` fails with "You must feed a value for placeholder
-   tensor '.../while/cond/Placeholder'" (Keras' multi-step loop puts `strategy.run` inside a `tf.cond` over
-   `tf.experimental.Optional` values). Same symptom family as keras-team/keras#19246. Under
+1. STEP_LOOP: under MirroredStrategy with its default collective all-reduce (what GPUs and logical CPU devices
+   get), `steps_per_execution > 1` fails with "You must feed a value for placeholder tensor
+   '.../while/cond/Placeholder'" (Keras' multi-step loop puts `strategy.run` inside a `tf.cond` over
+   `tf.experimental.Optional` values; with `ReductionToOneDevice` stock Keras happens to work). Same symptom family as keras-team/keras#19246. Under
    MultiWorkerMirroredStrategy the stock reduction of the step's outputs also fails, because
    `reduce_per_replica` reduces scalars "along axis 0" (keras-team/keras#20585). Fix: our own train function,
    `strategy.run(train_step)` inside a `tf.range` loop in one `tf.function`, outputs reduced with

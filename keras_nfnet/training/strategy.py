@@ -62,9 +62,8 @@ def make_strategy(kind="default", num_cpu_devices=2, tpu_address=""):
             return tf.distribute.MirroredStrategy()
         if int(num_cpu_devices) < 1:
             raise ValueError(f"num_cpu_devices must be >= 1; got {num_cpu_devices}.")
-        devices = _logical_cpus(int(num_cpu_devices))
-        # Reduction to one CPU device: NCCL is GPU-only and the hierarchical copy needs GPUs.
-        return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+        # Default (collective all-reduce) cross-device ops, as on GPUs, so the tested path is the GPU path.
+        return tf.distribute.MirroredStrategy(_logical_cpus(int(num_cpu_devices)))
     if kind == "multiworker":
         _check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
