@@ -24,7 +24,7 @@ def test_analyze_writes_every_artifact_with_the_fitted_numbers(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert len(read_csv(os.path.join(out_dir, "results.csv"))) == len(runs)
 
-    fits = json.load(open(os.path.join(out_dir, "fits.json")))
+    fits = json.loads(open(os.path.join(out_dir, "fits.json")).read(), parse_constant=lambda c: 1 / 0)  # strict JSON
     assert fits["n_diverged"] == 1 and fits["skipped"] == {}
     assert abs(fits["allocation"]["size"]["exponent"] - BETA / (ALPHA + BETA)) < 0.05
     assert abs(fits["loss_frontier"]["exponent"] + ALPHA * BETA / (ALPHA + BETA)) < 0.01

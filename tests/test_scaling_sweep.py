@@ -167,3 +167,12 @@ def test_toy_sweep_file_loads_and_dry_run_prints_plan_and_cost(tmp_path):
     assert f"{6 * count_macs('S0', 32, 10) * 10 * 32:.3g}" in text
     smoke = sweep.load_sweep(os.path.join(REPO, "trainers", "configs", "sweep_toy.py") + ":smoke=true")
     assert smoke.name == "toy-smoke"
+
+
+def test_fractional_budgets_round_trip_through_the_run_config(tmp_path):
+    spec = _spec(tmp_path, variants=["S0"], epoch_budgets=[1 / 3, 2 / 3], lr_grid=[0.2, 0.4, 0.8])
+    trainer = FakeTrainer()
+    plan = sweep.run_sweep(spec, str(tmp_path / "w"), launcher=trainer, log=lambda s: None)
+    assert plan.complete and len(trainer.launched) == 5  # 0.2, 0.4, 0.8; then 0.8 (best, top of grid) and 0.4
+    rows = ResultsStore(str(tmp_path / "w" / "results.jsonl")).load()
+    assert {r.epochs for r in rows} == {1 / 3, 2 / 3}

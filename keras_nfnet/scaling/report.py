@@ -55,7 +55,7 @@ def analyze(results: List[RunResult], out_dir: str, compute: str = "flops", size
     out["figures"] = [os.path.basename(p) for p in pngs]
 
     with open(os.path.join(out_dir, "fits.json"), "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1, default=float)
+        json.dump(_json_safe(out), f, indent=1)
     with open(os.path.join(out_dir, "report.txt"), "w", encoding="utf-8") as f:
         f.write(format_report(out, cells))
     return out
@@ -173,6 +173,20 @@ def _try(out, name, fn):
 
 def _ci(f) -> str:
     return f"{f.exponent:.3f} [{f.exponent_ci[0]:.3f}, {f.exponent_ci[1]:.3f}]"
+
+
+def _json_safe(x):
+    """Plain JSON: tuples become lists, numpy scalars floats, NaN/inf null (json.dump would write NaN)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (bool, str, type(None))):
+        return x
+    if isinstance(x, int):
+        return x
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def _cell_dict(c) -> dict:

@@ -304,12 +304,16 @@ def run_sweep(spec: SweepSpec, workdir: str, launcher: Launcher = launch_subproc
     collector = collector or run_summary.collect_run
     store = ResultsStore(os.path.join(workdir, RESULTS_FILE))
     cells = len(spec.variants) * len(spec.epoch_budgets)
-    launched, started = 0, time.time()
+    launched, started, seen = 0, time.time(), set()
     while True:
         plan = plan_sweep(spec, store.load(), workdir)
         if not plan.ready or (max_runs is not None and launched >= max_runs):
             break
         run = plan.ready[0]
+        if run.run_id in seen:
+            raise RuntimeError(f"run {run.run_id} was recorded but is planned again: the row's variant, epochs or "
+                               f"learning rate differ from the sweep's; check {store.path}")
+        seen.add(run.run_id)
         t0 = time.time()
         log(f"[sweep {spec.name}] run {plan.runs_done + 1}: {run.run_id} ({run.reason}); "
             f"{len(plan.finished)}/{cells} cells done, {len(plan.ready)} runs ready")
@@ -353,7 +357,8 @@ def _key(epochs: float) -> float:
 
 
 def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+    # repr keeps every digit of a float, so the run's recorded epochs and LR equal the sweep's exactly.
+    return repr(v) if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def _fmt_loss(r: RunResult) -> str:
