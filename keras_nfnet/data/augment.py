@@ -59,14 +59,17 @@ def rand_augment(image, seed, num_layers=2, magnitude=10.0, cutout_const=40.0, t
     if in_dtype != tf.uint8:
         image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
     static_shape = image.shape
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num_layers * 4)
     magnitude = float(magnitude)
-    for layer in range(num_layers):
-        s_op, s_sign, s_cy, s_cx = (seeds[4 * layer + k] for k in range(4))
+    base_seed = tf.cast(seed, tf.int64)
+
+    def layer_fn(layer, img):
+        # One switch_case inside a loop: every op is traced once, whatever num_layers is.
+        s_op, s_sign, s_cy, s_cx = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(base_seed, tf.cast(layer, tf.int64)), 4))
         op_index = tf.random.stateless_uniform([], s_op, minval=0, maxval=len(ops) + 1, dtype=tf.int32)
         sign = tf.where(tf.random.stateless_uniform([], s_sign) < 0.5, -1.0, 1.0)
 
-        def make_branch(name, img=image, sign=sign, s_cy=s_cy, s_cx=s_cx):
+        def make_branch(name):
             if name == "Cutout":
                 # tf-models' cutout() draws its centre statefully; fill the same rectangle with our own centre.
                 pad = int(magnitude / MAX_LEVEL * cutout_const)
@@ -77,9 +80,13 @@ def rand_augment(image, seed, num_layers=2, magnitude=10.0, cutout_const=40.0, t
             func = tfm_augment.NAME_TO_FUNC[name]
             return lambda: tf.ensure_shape(func(img, *args), static_shape)
 
-        branches = [make_branch(name) for name in ops] + [lambda img=image: tf.identity(img)]
-        image = tf.switch_case(op_index, branches)
-        image.set_shape(static_shape)
+        branches = [make_branch(name) for name in ops] + [lambda: tf.identity(img)]
+        out = tf.switch_case(op_index, branches)
+        out.set_shape(static_shape)
+        return layer + 1, out
+
+    if num_layers:
+        _, image = tf.while_loop(lambda layer, img: layer < num_layers, layer_fn, [tf.constant(0), image])
     return tf.cast(image, in_dtype)
 
 

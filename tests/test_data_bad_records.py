@@ -1,0 +1,125 @@
+"""Bad data: each case gives an error naming the shard and record, or, under the opt-in skip policy, a counted
+and reported skip with weight 0 (never silent loss)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_nfnet.data import corpus, records
+from keras_nfnet.data.pipeline import BadRecordReport, eval_dataset, train_dataset
+
+N, SIZE = 20, 16
+
+
+def _png(i):
+    return tf.io.encode_png(np.full((8, 8, 3), i * 10, np.uint8)).numpy()
+
+
+def _make(tmp_path, bad_images=()):
+    """20 single-label PNG examples (ids 0..19, label i % 5) in two shards of 10."""
+    d = str(tmp_path / "c")
+    with corpus.CorpusWriter(d, num_classes=5, multi_label=False, image_format="png", examples_per_shard=10) as w:
+        for i in range(N):
+            data = bad_images[i] if i in dict(bad_images) else _png(i)
+            w.add("train", data, [i % 5], i)
+    return d
+
+
+def _shard(d, k):
+    return os.path.join(d, f"train-{k:05d}.tfrecord")
+
+
+def _corrupt_payload(d, shard, record, byte=30):
+    path = _shard(d, shard)
+    offset = int(records.read_index(path)[record, 0])
+    raw = bytearray(open(path, "rb").read())
+    raw[offset + records.HEADER_BYTES + byte] ^= 0x5A
+    open(path, "wb").write(bytes(raw))
+
+
+def _epoch(d, **kw):
+    return next(iter(train_dataset(d, "train", N, SIZE, seed=0, **kw)))
+
+
+def test_corrupt_record_names_shard_and_record(tmp_path):
+    d = _make(tmp_path)
+    _corrupt_payload(d, 1, 3)
+    with pytest.raises(tf.errors.OpError, match=r"shard train-00001.tfrecord record 3: payload checksum mismatch"):
+        _epoch(d)
+
+
+def test_undecodable_and_truncated_images_name_shard_and_record(tmp_path):
+    truncated_png = _png(4)[:-20]
+    d = _make(tmp_path, bad_images={4: b"this is not an image", 13: truncated_png})
+    with pytest.raises(tf.errors.OpError, match=r"shard train-0000[01].tfrecord record [43]: image/encoded is not"):
+        _epoch(d)
+    report = BadRecordReport()
+    x, y, w = _epoch(d, on_bad_record="skip", bad_record_report=report)
+    assert report.count == 2
+    assert any("train-00000.tfrecord record 4" in s for s in report.skipped)
+    assert any("train-00001.tfrecord record 3" in s for s in report.skipped)
+
+
+def test_truncated_shard_fails_before_reading(tmp_path):
+    d = _make(tmp_path)
+    path = _shard(d, 0)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 7)
+    with pytest.raises(ValueError, match=r"shard train-00000.tfrecord is truncated"):
+        train_dataset(d, "train", 4, SIZE, seed=0)
+    # the framing scan (used by verify) names the record that is cut
+    with pytest.raises(records.CorruptRecordError, match=r"train-00000.tfrecord record 9: truncated"):
+        records.scan_shard(path)
+
+
+def test_index_that_does_not_match_its_shard(tmp_path):
+    d = _make(tmp_path)
+    # (a) an index belonging to another file: caught when the pipeline is built
+    other = np.concatenate([records.read_index(_shard(d, 1)), [[10_000, 5]]])
+    records.write_index(_shard(d, 0), other)
+    with pytest.raises(ValueError, match=r"shard train-00000.tfrecord (does not match its index|is truncated)"):
+        train_dataset(d, "train", 4, SIZE, seed=0)
+    # (b) a stale entry inside an otherwise plausible index: caught when that record is read
+    d2 = _make(tmp_path / "b")
+    index = records.read_index(_shard(d2, 1))
+    index[6, 1] += 3
+    records.write_index(_shard(d2, 1), index)
+    with pytest.raises(tf.errors.OpError, match=r"shard train-00001.tfrecord record 6: index does not match shard"):
+        _epoch(d2)
+
+
+def test_label_outside_class_range(tmp_path):
+    d = _make(tmp_path)
+    meta_path = os.path.join(d, corpus.METADATA_FILE)
+    meta = json.load(open(meta_path))
+    meta["num_classes"], meta["class_names"] = 4, meta["class_names"][:4]  # label 4 is now out of range
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.raises(tf.errors.OpError, match=r"shard train-0000[01].tfrecord record [49]: label\(s\) outside"):
+        _epoch(d)
+
+
+def test_skip_policy_counts_reports_and_zero_weights_every_bad_row(tmp_path, caplog):
+    d = _make(tmp_path, bad_images={7: b"garbage"})
+    _corrupt_payload(d, 1, 2)  # id 12
+    report = BadRecordReport()
+    x, y, info = next(iter(train_dataset(d, "train", N, SIZE, seed=0, on_bad_record="skip",
+                                         bad_record_report=report, with_info=True)))
+    weights = info["weight"].numpy()
+    assert weights.sum() == N - 2 and x.shape[0] == N  # static batch; nothing dropped silently
+    good_ids = sorted(info["id"].numpy()[weights == 1].tolist())
+    assert good_ids == [i for i in range(N) if i not in (7, 12)]
+    assert report.count == 2
+    assert any("train-00001.tfrecord record 2" in s and "checksum" in s for s in report.skipped)
+    assert any("train-00000.tfrecord record 7" in s for s in report.skipped)
+    assert np.all(y.numpy()[weights == 0] == 0)
+    assert "skipped bad record" in caplog.text
+    # in skip mode training elements carry the weight for model.fit
+    x, y, w = _epoch(d, on_bad_record="skip")
+    assert w.shape == (N,) and float(tf.reduce_sum(w)) == N - 2
+    # and eval counts the bad rows out as well
+    report = BadRecordReport()
+    total = sum(float(tf.reduce_sum(w)) for _, _, w in eval_dataset(d, "train", 8, SIZE, on_bad_record="skip",
+                                                                    bad_record_report=report))
+    assert total == N - 2 and report.count == 2
