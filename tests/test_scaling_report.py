@@ -49,7 +49,9 @@ def test_analyze_writes_every_artifact_with_the_fitted_numbers(tmp_path):
 
 def test_partial_sweep_is_analysed_with_skipped_fits_named(tmp_path):
     runs = [_run("S0", 1e5, 0.5, lr, 2.0 + 0.1 * np.log2(lr / 0.8) ** 2, 1e12) for lr in (0.4, 0.8, 1.6)]
+    runs[1].finetune_accuracy = 0.625
     out = report.analyze(runs, str(tmp_path), n_bootstrap=10)
+    assert "S0-e0.5-lr0.8            compute 1e+12  accuracy 0.6250" in open(tmp_path / "report.txt").read()
     assert "loss_frontier" in out["skipped"] and "allocation" in out["skipped"]
     assert "Skipped loss_frontier" in open(tmp_path / "report.txt").read()
     assert out["cells"][0]["best_lr"] == 0.8

@@ -68,3 +68,15 @@ def test_bad_rows_are_rejected_with_the_field_named():
         _row(status="crashed")
     with pytest.raises(ValueError, match=r"lacks required field\(s\) \['flops'"):
         RunResult.from_dict({k: v for k, v in _row().to_dict().items() if k not in ("flops", "device_hours")})
+
+
+def test_update_adds_a_newer_row_for_finetune_accuracy(tmp_path):
+    store = ResultsStore(str(tmp_path / "r.jsonl"))
+    store.append(_row())
+    store.update("S0-e1-lr0.4", finetune_accuracy=0.75)
+    (r,) = store.load()
+    assert r.finetune_accuracy == 0.75 and r.heldout_loss == 2.5
+    with pytest.raises(ValueError, match="no run 'S9'"):
+        store.update("S9", finetune_accuracy=0.1)
+    with pytest.raises(ValueError, match=r"cannot set \['colour'\]"):
+        store.update("S0-e1-lr0.4", colour=1)

@@ -11,6 +11,10 @@
     # fits, plots (PNG + TensorBoard) and the text report
     python trainers/sweep.py --sweep trainers/configs/sweep_toy.py --workdir /tmp/toy --mode analyze
 
+    # after fine-tuning a run: add its accuracy to the table
+    python trainers/sweep.py --sweep trainers/configs/sweep_toy.py --workdir /tmp/toy --mode annotate \
+        --run_id S2-e4-lr0.4 --finetune_accuracy 0.81
+
 `--mode run` analyses at the end as well. `--results` analyses a results table made elsewhere (JSON lines or CSV).
 """
 import os
@@ -23,11 +27,13 @@ from keras_nfnet.scaling import sweep as sweeplib  # noqa: E402
 
 flags.DEFINE_string("sweep", None, "sweep file, optionally with overrides: path.py[:key=value,...]")
 flags.DEFINE_string("workdir", None, "the sweep's directory: results.jsonl, runs/<run_id>/, analysis/")
-flags.DEFINE_enum("mode", "plan", ["plan", "run", "commands", "collect", "analyze"], "what to do")
+flags.DEFINE_enum("mode", "plan", ["plan", "run", "commands", "collect", "analyze", "annotate"], "what to do")
 flags.DEFINE_integer("max_runs", None, "--mode run: stop after launching this many runs (resume later)")
 flags.DEFINE_string("results", None, "--mode analyze: a results table (.jsonl or .csv) instead of the sweep's")
 flags.DEFINE_string("out", None, "--mode analyze: output folder (default <workdir>/analysis)")
 flags.DEFINE_string("python", "python", "--mode commands: the Python interpreter named in the commands")
+flags.DEFINE_string("run_id", None, "--mode annotate: the run to annotate")
+flags.DEFINE_float("finetune_accuracy", None, "--mode annotate: the run's fine-tuned top-1 accuracy (0..1)")
 flags.mark_flag_as_required("sweep")
 FLAGS = flags.FLAGS
 
@@ -49,6 +55,13 @@ def main(argv):
     elif FLAGS.mode == "collect":
         n = sweeplib.collect(spec, FLAGS.workdir)
         print(f"collected {n} finished runs into {_store().path}")
+    elif FLAGS.mode == "annotate":
+        if not FLAGS.run_id or FLAGS.finetune_accuracy is None:
+            raise app.UsageError("--mode annotate needs --run_id and --finetune_accuracy")
+        if not 0 <= FLAGS.finetune_accuracy <= 1:
+            raise app.UsageError(f"--finetune_accuracy is a fraction in [0, 1], got {FLAGS.finetune_accuracy}")
+        row = _store().update(FLAGS.run_id, finetune_accuracy=FLAGS.finetune_accuracy)
+        print(f"{row.run_id}: finetune_accuracy {row.finetune_accuracy}")
     elif FLAGS.mode == "run":
         plan = sweeplib.run_sweep(spec, FLAGS.workdir, max_runs=FLAGS.max_runs)
         if plan.complete:

@@ -43,6 +43,8 @@ def analyze(results: List[RunResult], out_dir: str, compute: str = "flops", size
     out["allocation"] = ({"size": alloc.size.to_dict(), "epochs": alloc.epochs.to_dict()} if alloc else None)
     out["best_lr"] = {v: {**e, "fit": e["fit"].to_dict() if e["fit"] else None} for v, e in lr_fits.items()}
     out["findings"] = check_findings(cells, loss_fit, alloc, lr_fits)
+    out["finetuned"] = [[r.run_id, r.variant, r.epochs, getattr(r, compute), r.finetune_accuracy]
+                        for r in ok if r.finetune_accuracy is not None]
 
     pngs = [plots.plot_loss_vs_compute(cells, frontier, loss_fit, compute,
                                        os.path.join(out_dir, "loss_vs_compute.png")),
@@ -155,6 +157,12 @@ def format_report(out: dict, cells) -> str:
                 f"{fit['exponent_ci'][1]:.3f}]") if fit else ""
         lines.append(f"  {v}: {pairs}{tail}")
     lines.append("")
+    if out.get("finetuned"):
+        lines.append("Fine-tuned accuracy (the paper: at fixed compute it favours slightly larger models trained for "
+                     "fewer epochs than the loss-optimal choice):")
+        for rid, _, _, comp, acc in sorted(out["finetuned"], key=lambda x: x[3]):
+            lines.append(f"  {rid:<24} compute {comp:.4g}  accuracy {acc:.4f}")
+        lines.append("")
     for name, reason in out["skipped"].items():
         lines.append(f"Skipped {name}: {reason}")
     lines.append("Paper findings (mechanical checks, see docs/scaling.md for what they mean):")

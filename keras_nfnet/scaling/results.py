@@ -102,6 +102,18 @@ class ResultsStore:
             rows[result.run_id] = result
         return list(rows.values())
 
+    def update(self, run_id: str, **fields) -> RunResult:
+        """Appends a newer row for `run_id` with `fields` changed (e.g. finetune_accuracy after fine-tuning)."""
+        rows = {r.run_id: r for r in self.load()}
+        if run_id not in rows:
+            raise ValueError(f"no run {run_id!r} in {self.path}; runs: {', '.join(sorted(rows)) or 'none'}")
+        unknown = sorted(set(fields) - set(FIELDS) | ({"run_id"} & set(fields)))
+        if unknown:
+            raise ValueError(f"cannot set {unknown}; settable fields: {', '.join(f for f in FIELDS if f != 'run_id')}")
+        row = RunResult.from_dict({**rows[run_id].to_dict(), **fields})
+        self.append(row)
+        return row
+
     def finished_ids(self) -> set:
         return {r.run_id for r in self.load()}
 
