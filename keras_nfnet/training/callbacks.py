@@ -9,6 +9,7 @@ import math
 import signal
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,17 @@ class DivergenceGuard(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.diverged = (global_step(self.model), float(loss))
             self.model.stop_training = True
+
+    def weights_finite(self):
+        """Checked before every save: an update can make the weights non-finite one step before the loss is."""
+        if self.diverged is not None:
+            return False
+        for variable in self.model.trainable_variables:
+            if not np.all(np.isfinite(variable.numpy())):
+                self.diverged = (global_step(self.model), f"non-finite weights in {variable.path}")
+                self.model.stop_training = True
+                return False
+        return True
 
 
 class PreemptionSignal:
@@ -83,7 +95,7 @@ class Checkpointing(keras.callbacks.Callback):
         self.last_saved = None
 
     def _save(self, step):
-        if self.guard.diverged is not None or step == self.last_saved:
+        if step == self.last_saved or not self.guard.weights_finite():
             return
         if self.clock is not None:
             self.clock.pause()

@@ -179,10 +179,11 @@ def pretrain(config, workdir, strategy=None):
     preemption.restore()
     step = global_step_of(model)
     if guard.diverged is not None:
-        bad_step, loss = guard.diverged
+        bad_step, what = guard.diverged
+        what = f"the loss became {what}" if isinstance(what, float) else what
         kept = manager.latest_step()
         raise cb.TrainingDiverged(
-            f"training diverged: the loss became {loss} at step {bad_step}. The last good checkpoint "
+            f"training diverged: {what} at step {bad_step}. The last good checkpoint "
             f"({manager.path(kept) if kept is not None else 'none'}) is intact; lower base_learning_rate "
             f"(now {config.base_learning_rate}) or agc_clip (now {config.agc_clip}) and start a new workdir.")
     if start_step >= last_step and not heldout.history:
