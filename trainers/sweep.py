@@ -39,7 +39,20 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        _main()
+    except (ValueError, FileNotFoundError) as error:  # bad sweep, config, table or run id: no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # a run failed or was preempted; re-running resumes
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main():
     spec = sweeplib.load_sweep(FLAGS.sweep)
     if FLAGS.mode != "analyze" or not FLAGS.results:
         if not FLAGS.workdir:
@@ -50,8 +63,11 @@ def main(argv):
         plan = sweeplib.plan_sweep(spec, _store().load(), FLAGS.workdir)
         if plan.ready:
             print(sweeplib.format_commands(plan.ready, spec, FLAGS.python))
-        print(f"# {len(plan.ready)} runs can start now; {len(plan.waiting)} cells wait for them. When they have "
-              f"finished, run --mode collect, then --mode commands again.", file=sys.stderr)
+        if plan.complete:
+            print("# the sweep is complete: nothing left to run (--mode analyze for the fits)", file=sys.stderr)
+        else:
+            print(f"# {len(plan.ready)} runs can start now; {len(plan.waiting)} cells wait for them. When they have "
+                  f"finished, run --mode collect, then --mode commands again.", file=sys.stderr)
     elif FLAGS.mode == "collect":
         n = sweeplib.collect(spec, FLAGS.workdir)
         print(f"collected {n} finished runs into {_store().path}")
@@ -94,4 +110,4 @@ def _analyze(spec):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(lambda argv: sys.exit(main(argv)))

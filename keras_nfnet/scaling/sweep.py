@@ -109,7 +109,14 @@ def load_sweep(spec: str) -> SweepSpec:
             raise ValueError(f"sweep override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value.strip()
-    fields = module.get_sweep(**overrides)
+    try:
+        fields = module.get_sweep(**overrides)
+    except TypeError as e:
+        import inspect
+
+        accepted = [n for n in inspect.signature(module.get_sweep).parameters]
+        raise ValueError(f"sweep file {path} does not accept the overrides {sorted(overrides)} ({e}); it accepts "
+                         f"{accepted}") from None
     names = {f.name for f in dataclasses.fields(SweepSpec)}
     unknown = sorted(set(fields) - names)
     if unknown:
@@ -257,7 +264,7 @@ def describe_plan(spec: SweepSpec, workdir: str) -> str:
     lines.append(f"total training compute: {lo:.3g} .. {hi:.3g} FLOPs")
     if rate:
         lines.append(f"at the {rate:.3g} FLOP/s per device seen in this sweep's finished runs: "
-                     f"{lo / rate / 3600:.2f} .. {hi / rate / 3600:.2f} device-hours (evaluation not included)")
+                     f"{lo / rate / 3600:.3g} .. {hi / rate / 3600:.3g} device-hours (plus each run's start-up and evaluation)")
     return "\n".join(lines)
 
 
