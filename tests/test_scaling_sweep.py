@@ -176,3 +176,22 @@ def test_fractional_budgets_round_trip_through_the_run_config(tmp_path):
     assert plan.complete and len(trainer.launched) == 5  # 0.2, 0.4, 0.8; then 0.8 (best, top of grid) and 0.4
     rows = ResultsStore(str(tmp_path / "w" / "results.jsonl")).load()
     assert {r.epochs for r in rows} == {1 / 3, 2 / 3}
+
+
+def test_command_line_dry_run_and_errors(tmp_path):
+    import subprocess
+    import sys
+
+    corpus = _corpus(tmp_path)
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    base = [sys.executable, os.path.join(REPO, "trainers", "sweep.py"), "--workdir", str(tmp_path / "w")]
+    sweep_file = os.path.join(REPO, "trainers", "configs", "sweep_toy.py")
+    plan = subprocess.run(base + ["--sweep", f"{sweep_file}:corpus={corpus}", "--mode", "plan"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr
+    assert "runs ready now (3):" in plan.stdout and "--workdir=" in plan.stdout
+    assert not (tmp_path / "w" / "runs").exists()  # a dry run trains nothing
+    bad = subprocess.run(base + ["--sweep", f"{sweep_file}:colour=red", "--mode", "plan"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "error: sweep file" in bad.stderr and "'colour'" in bad.stderr
+    assert "Traceback" not in bad.stderr
