@@ -11,6 +11,7 @@ Model code rule: keras.ops only.
 """
 import contextlib
 
+import keras
 from keras import ops
 
 
@@ -30,10 +31,20 @@ class EMAWarmup:
     def build(self, variables):
         super().build(variables)
         if self.use_ema:
-            # The reference starts the average at the initial weights (Keras starts it at zeros).
+            # The reference starts the average at the initial weights (Keras starts it at zeros). A copy, so that
+            # on JAX the average does not share the weight's buffer (the trainer donates both).
             for variable, average in zip(variables, self._model_variables_moving_average):
                 if average is not None:
-                    average.assign(variable)
+                    average.assign(ops.copy(variable))
+
+    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+        if keras.backend.backend() == "tensorflow":
+            return super()._overwrite_model_variables_with_average_value(trainable_variables)
+        # Keras assigns the average's own array to the weight; on JAX the two then share one buffer and the next
+        # jitted step, which donates both, fails ("Attempt to donate the same buffer twice"). Assign a copy.
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                variable.assign(ops.copy(average))
 
     def _update_model_variables_moving_average(self, trainable_variables):
         if not self.use_ema:
