@@ -127,8 +127,12 @@ def test_cluster_waves_with_collect_reach_the_same_results(tmp_path):
         for run in plan.ready:  # "independent jobs"
             cmd = run.command(spec)
             assert cmd[:3] == ["python", "-m", "trainers.pretrain"] and f"--workdir={run.run_dir}" in cmd
-            assert f"base_learning_rate={run.learning_rate:g}" in cmd[3]
-            trainer(run, spec)
+            assert f"base_learning_rate={run.learning_rate!r}" in cmd[3]
+            job = run.job_command("s.py", workdir)
+            assert job[-2:] == ["--mode=run_one", f"--run_id={run.run_id}"]
+            sweep.run_one(spec, workdir, run.run_id, launcher=trainer)
+        with pytest.raises(ValueError, match="not runnable now"):
+            sweep.run_one(spec, workdir, "S0-e1-lr0.1", launcher=trainer)
         assert sweep.collect(spec, workdir, log=lambda s: None) == len(plan.ready)
         waves += 1
     assert sorted(trainer.launched) == sorted(local.launched) and waves >= 2

@@ -4,8 +4,8 @@
     python trainers/sweep.py --sweep trainers/configs/sweep_toy.py --workdir /tmp/toy --mode plan
     # run the whole sweep here; re-running the same command resumes it
     python trainers/sweep.py --sweep trainers/configs/sweep_toy.py --workdir /tmp/toy --mode run
-    # on a cluster: print one pretraining command per run that can start now, run them as independent jobs,
-    # then collect their results and ask for the next wave
+    # on a cluster: print one job command per run that can start now (each runs trainers/pretrain.py and records
+    # a divergence), run them as independent jobs, then collect their results and ask for the next wave
     python trainers/sweep.py --sweep trainers/configs/sweep_toy.py --workdir /shared/toy --mode commands
     python trainers/sweep.py --sweep trainers/configs/sweep_toy.py --workdir /shared/toy --mode collect
     # fits, plots (PNG + TensorBoard) and the text report
@@ -27,12 +27,13 @@ from keras_nfnet.scaling import sweep as sweeplib  # noqa: E402
 
 flags.DEFINE_string("sweep", None, "sweep file, optionally with overrides: path.py[:key=value,...]")
 flags.DEFINE_string("workdir", None, "the sweep's directory: results.jsonl, runs/<run_id>/, analysis/")
-flags.DEFINE_enum("mode", "plan", ["plan", "run", "commands", "collect", "analyze", "annotate"], "what to do")
+flags.DEFINE_enum("mode", "plan", ["plan", "run", "commands", "run_one", "collect", "analyze", "annotate"],
+                  "what to do")
 flags.DEFINE_integer("max_runs", None, "--mode run: stop after launching this many runs (resume later)")
 flags.DEFINE_string("results", None, "--mode analyze: a results table (.jsonl or .csv) instead of the sweep's")
 flags.DEFINE_string("out", None, "--mode analyze: output folder (default <workdir>/analysis)")
 flags.DEFINE_string("python", "python", "--mode commands: the Python interpreter named in the commands")
-flags.DEFINE_string("run_id", None, "--mode annotate: the run to annotate")
+flags.DEFINE_string("run_id", None, "--mode run_one / annotate: the run")
 flags.DEFINE_float("finetune_accuracy", None, "--mode annotate: the run's fine-tuned top-1 accuracy (0..1)")
 flags.mark_flag_as_required("sweep")
 FLAGS = flags.FLAGS
@@ -62,12 +63,16 @@ def _main():
     elif FLAGS.mode == "commands":
         plan = sweeplib.plan_sweep(spec, _store().load(), FLAGS.workdir)
         if plan.ready:
-            print(sweeplib.format_commands(plan.ready, spec, FLAGS.python))
+            print(sweeplib.format_commands(plan.ready, FLAGS.sweep, FLAGS.workdir, FLAGS.python))
         if plan.complete:
             print("# the sweep is complete: nothing left to run (--mode analyze for the fits)", file=sys.stderr)
         else:
             print(f"# {len(plan.ready)} runs can start now; {len(plan.waiting)} cells wait for them. When they have "
                   f"finished, run --mode collect, then --mode commands again.", file=sys.stderr)
+    elif FLAGS.mode == "run_one":
+        if not FLAGS.run_id:
+            raise app.UsageError("--mode run_one needs --run_id (as printed by --mode commands)")
+        sweeplib.run_one(spec, FLAGS.workdir, FLAGS.run_id)
     elif FLAGS.mode == "collect":
         n = sweeplib.collect(spec, FLAGS.workdir)
         print(f"collected {n} finished runs into {_store().path}")

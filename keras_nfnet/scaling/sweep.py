@@ -143,7 +143,13 @@ class PlannedRun:
         override_text = ",".join(f"{k}={_fmt(v)}" for k, v in self.overrides.items())
         base, _, base_overrides = spec.pretrain_config.partition(":")
         text = ",".join(filter(None, [base_overrides, override_text]))
-        return [python, "-m", "trainers.pretrain", f"--config={base}:{text}", f"--workdir={self.run_dir}"]
+        return [python, "-m", "trainers.pretrain", f"--config={os.path.abspath(_repo_path(base))}:{text}",
+                f"--workdir={self.run_dir}"]
+
+    def job_command(self, sweep_arg: str, workdir: str, python: str = "python") -> List[str]:
+        """The cluster job of this run: the pretraining command wrapped so that a divergence is recorded."""
+        return [python, os.path.join("trainers", "sweep.py"), f"--sweep={sweep_arg}", f"--workdir={workdir}",
+                "--mode=run_one", f"--run_id={self.run_id}"]
 
 
 @dataclasses.dataclass
@@ -169,6 +175,7 @@ def tried_table(results: List[RunResult]) -> Dict[Tuple[str, float], Dict[float,
 
 def plan_sweep(spec: SweepSpec, results: List[RunResult], workdir: str) -> Plan:
     """What to run next, given the results so far. Cells are visited smallest model first, shortest budget first."""
+    workdir = os.path.abspath(workdir)  # runs are launched from the repository root
     table = tried_table(results)
     ready, waiting, finished = [], [], {}
     for variant in spec.variants:
@@ -338,6 +345,20 @@ def run_sweep(spec: SweepSpec, workdir: str, launcher: Launcher = launch_subproc
     return plan
 
 
+def run_one(spec: SweepSpec, workdir: str, run_id_: str, launcher: Launcher = launch_subprocess) -> None:
+    """Runs one planned run (a cluster job); its row is added later by `collect`, which avoids many jobs appending
+    to one file. A run that is already finished is not run again."""
+    from keras_nfnet.scaling import run_summary
+
+    plan = plan_sweep(spec, ResultsStore(os.path.join(workdir, RESULTS_FILE)).load(), workdir)
+    runs = {r.run_id: r for r in plan.ready}
+    if run_id_ not in runs:
+        raise ValueError(f"run {run_id_!r} is not runnable now (finished, or waiting for another cell's LR search); "
+                         f"runnable: {', '.join(runs) or 'none'}")
+    if not run_summary.is_finished(runs[run_id_].run_dir):
+        launcher(runs[run_id_], spec)
+
+
 def collect(spec: SweepSpec, workdir: str, log: Callable[[str], None] = print) -> int:
     """Adds to the store every run directory under <workdir>/runs that finished but has no row yet (after cluster
     jobs). Returns how many rows were added."""
@@ -372,6 +393,9 @@ def _fmt_loss(r: RunResult) -> str:
     return f"{r.heldout_loss:.4f}" if r.ok else "diverged"
 
 
-def format_commands(runs: List[PlannedRun], spec: SweepSpec, python: str = "python") -> str:
-    return "\n".join(shlex.join(r.command(spec, python)) for r in runs)
+def format_commands(runs: List[PlannedRun], sweep_arg: str, workdir: str, python: str = "python") -> str:
+    """One cluster job per line (run from the repository root)."""
+    path, sep, overrides = sweep_arg.partition(":")
+    sweep_arg = os.path.abspath(path) + sep + overrides
+    return "\n".join(shlex.join(r.job_command(sweep_arg, os.path.abspath(workdir), python)) for r in runs)
 
