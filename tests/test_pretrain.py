@@ -98,6 +98,14 @@ def test_resume_with_incompatible_config_is_refused(corpus, tmp_path):
     pretrain(_config(corpus, max_steps=2), str(tmp_path / "run"))
     with pytest.raises(ValueError, match=r"base_learning_rate: 0\.4 -> 0\.8"):
         pretrain(_config(corpus, max_steps=4, base_learning_rate=0.8), str(tmp_path / "run"))
+    # So is pointing it at a different corpus.
+    from keras_nfnet.data.synthetic import make_synthetic_corpus
+
+    other = str(tmp_path / "other-corpus")
+    make_synthetic_corpus(other, num_images=64, num_classes=10, image_size=32, num_holdout=12, seed=99,
+                          multi_label=False, examples_per_shard=32)
+    with pytest.raises(ValueError, match="corpus_sha256"):
+        pretrain(_config(other, max_steps=4), str(tmp_path / "run"))
     # Changing only how the run executes is fine.
     result = pretrain(_config(corpus, max_steps=4, log_every_steps=1, checkpoint_every_steps=1),
                       str(tmp_path / "run"))

@@ -7,9 +7,12 @@ exits with status 143 (re-run to continue); a NaN/inf loss exits with status 3, 
 checkpoint; a bad config exits with status 2 before any work starts.
 """
 import logging
+import os
 import sys
 
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_string("config", None, "config file with overrides: path.py[:key=value,key=value]", required=True)
 flags.DEFINE_multi_string("set", [], "more overrides, key=value (may repeat)")

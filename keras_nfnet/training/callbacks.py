@@ -102,7 +102,7 @@ class Checkpointing(keras.callbacks.Callback):
         path = self.manager.save(self.model, step, self.state_fn())
         self.last_saved = step
         if path:
-            log.info("checkpoint %s", path)
+            log.debug("checkpoint %s", path)
         if self.clock is not None:
             self.clock.start()
 

@@ -68,7 +68,7 @@ class PretrainConfig:
 RESUME_SAFE = frozenset({
     "strategy", "num_cpu_devices", "tpu_address", "steps_per_execution", "jit_compile", "checkpoint_every_steps",
     "keep_checkpoints", "eval_every_steps", "log_every_steps", "peak_flops_per_device", "verbose", "max_steps",
-    "precision", "corpus",
+    "precision", "corpus",  # the corpus may move; its content is checked by fingerprint (corpus_sha256)
 })
 
 _FIELDS = {f.name: f for f in dataclasses.fields(PretrainConfig)}
@@ -214,13 +214,6 @@ def check_resume(saved, current):
                          "Changed fields:\n  " + "\n  ".join(lines) +
                          "\nUse a new --workdir, or restore the original values (fields that may change on "
                          f"resume: {', '.join(sorted(RESUME_SAFE))}).")
-
-
-def save_config(config, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config.to_dict(), f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def read_config(path) -> Optional[dict]:

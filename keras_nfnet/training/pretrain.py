@@ -76,14 +76,24 @@ def _training_loss(multi_label, label_smoothing):
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
 
 
+def _corpus_fingerprint(corpus_dir):
+    """sha256 of the corpus metadata (classes, splits, shard checksums): the same corpus, wherever it lives."""
+    with open(os.path.join(corpus_dir, corpus_lib.METADATA_FILE), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def _prepare_workdir(workdir, config, chief):
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
+    current = dict(config.to_dict(), corpus_sha256=_corpus_fingerprint(config.corpus))
     saved = config_lib.read_config(path)
     if saved is not None:
-        config_lib.check_resume(saved, config.to_dict())
+        config_lib.check_resume(saved, current)
     elif chief:
-        config_lib.save_config(config, path)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(current, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
 
 
 def pretrain(config, workdir, strategy=None):
