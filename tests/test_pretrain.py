@@ -133,12 +133,17 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(corpus, tmp_path):
                              f"trainers/configs/cpu_tiny.py:{overrides}", "--workdir", workdir],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoints = os.path.join(workdir, "checkpoints")
-    deadline = time.time() + 240
-    while proc.poll() is None and time.time() < deadline and not (
-            os.path.isdir(checkpoints) and any(n.startswith("ckpt-") for n in os.listdir(checkpoints))):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=120)[0]
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline and not (
+                os.path.isdir(checkpoints) and any(n.startswith("ckpt-") for n in os.listdir(checkpoints))):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 143, output[-3000:]
     import re
 

@@ -58,10 +58,21 @@ def _weights(workdir, step):
     return out
 
 
-def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(corpus, tmp_path):
+@pytest.fixture
+def processes():
+    started = []
+    yield started
+    for proc in started:  # a failing test leaves no training process behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(corpus, tmp_path, processes):
     rng = random.Random(1234)
     reference_dir, killed_dir = str(tmp_path / "reference"), str(tmp_path / "killed")
     reference = _launch(corpus, reference_dir)
+    processes.append(reference)
 
     resumes = []  # (newest checkpoint on disk at launch, step the run said it resumed from)
     kills = 0
@@ -72,6 +83,7 @@ def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(corpus, t
             break
         target = rng.randint(last + 1, TOTAL - 1)
         proc = _launch(corpus, killed_dir)
+        processes.append(proc)
         deadline = time.time() + 240
         while proc.poll() is None and time.time() < deadline:
             steps = _checkpoint_steps(killed_dir)
@@ -86,8 +98,9 @@ def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(corpus, t
         match = re.search(r"Resuming from step (\d+)", output)
         resumes.append((last if before else None, int(match.group(1)) if match else None))
 
-    final = _launch(corpus, killed_dir)
     before = _checkpoint_steps(killed_dir)
+    final = _launch(corpus, killed_dir)
+    processes.append(final)
     output = final.communicate(timeout=300)[0]
     assert final.returncode == 0, output[-3000:]
     match = re.search(r"Resuming from step (\d+)", output)

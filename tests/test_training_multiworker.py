@@ -67,14 +67,15 @@ def test_two_workers_match_one_process(corpus, tmp_path, steps_per_execution):
                        steps_per_execution) for i in range(2)]
     single = _launch(corpus, str(tmp_path / "single"), "default", None, steps_per_execution)
     outputs = []
-    for proc in workers + [single]:
-        try:
+    try:
+        for proc in workers + [single]:
             outputs.append(proc.communicate(timeout=400)[0])
-        except subprocess.TimeoutExpired:
-            for p in workers + [single]:
-                p.kill()
-            raise
-        assert proc.returncode == 0, outputs[-1][-4000:]
+            assert proc.returncode == 0, outputs[-1][-4000:]
+    finally:  # a failing worker leaves no process behind (its peer would wait for it forever)
+        for proc in workers + [single]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     shas = [re.search(r"final weights sha256: (\w+)", out).group(1) for out in outputs]
     assert shas[0] == shas[1], "the two workers ended with different weights"
     assert "at step 6/6" in outputs[0] and "at step 6/6" in outputs[1]
