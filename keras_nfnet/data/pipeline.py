@@ -78,32 +78,35 @@ def _make_step_reader(sampler, reader, on_bad_record, pad_beyond=None):
     def read_step(step):
         rows, positions, copies = sampler.rows(int(step))
         recs = sampler.records(positions)
-        payloads, where, ok = [], [], np.ones(len(rows), bool)
-        for i, rec in enumerate(recs):
-            if pad_beyond is not None and positions[i] >= pad_beyond:
-                payloads.append(b"")
-                where.append(b"padding")
-                ok[i] = False
-                continue
-            rec = int(rec)
-            where.append(reader.where(rec).encode())
-            try:
-                payloads.append(reader.read(rec))
-            except records.CorruptRecordError as err:
-                if on_bad_record == "raise":
-                    raise
-                payloads.append(b"")
-                where[-1] = str(err).encode()
-                ok[i] = False
-        return (np.array(payloads, dtype=object), positions, copies, rows, np.array(where, dtype=object), ok)
+        ok = np.ones(len(rows), bool)
+        if pad_beyond is not None:
+            ok = positions < pad_beyond
+            recs = np.where(ok, recs, 0)
+        payloads, errors = reader.read_many(recs, raise_errors=on_bad_record == "raise")
+        # Only the (shard, record) numbers travel with each row; the graph formats them for error messages.
+        shards = (np.searchsorted(reader.starts, recs, side="right") - 1).astype(np.int32)
+        problems = np.full(len(rows), b"", dtype=object)
+        for i, message in errors.items():
+            problems[i], ok[i], payloads[i] = message.encode(), False, b""
+        if pad_beyond is not None:
+            for i in np.flatnonzero(positions >= pad_beyond):
+                payloads[i], problems[i] = b"", b"padding"
+        return (np.array(payloads, dtype=object), positions, copies, rows, shards, recs - reader.starts[shards],
+                problems, ok)
+
+    names = tf.constant(reader.names)
 
     def fn(step):
-        out = tf.numpy_function(read_step, [step], [tf.string, tf.int64, tf.int64, tf.int64, tf.string, tf.bool],
-                                stateful=False)
+        out = tf.numpy_function(
+            read_step, [step], [tf.string, tf.int64, tf.int64, tf.int64, tf.int32, tf.int64, tf.string, tf.bool],
+            stateful=False)
         b = sampler.local_batch_size
         for t in out:
             t.set_shape([b])
-        return tuple(out)
+        payloads, positions, copies, rows, shards, local, problems, ok = out
+        where = tf.where(tf.strings.length(problems) > 0, problems, tf.strings.join(
+            ["shard ", tf.gather(names, shards), " record ", tf.strings.as_string(local)]))
+        return payloads, positions, copies, rows, where, ok
 
     return fn
 
@@ -124,14 +127,17 @@ def _parse_checked(payload, where, num_classes, on_bad_record):
     label_ok = (tf.size(labels) > 0) & tf.reduce_all((labels >= 0) & (labels < num_classes))
     image_ok = _image_ok(ex[corpus_lib.IMAGE_KEY])
     if on_bad_record == "raise":
-        checks = [
-            tf.debugging.Assert(label_ok, [tf.strings.join([
-                "bad record: ", where, ": label(s) outside [0, ", str(num_classes), ") or missing: ",
-                tf.strings.reduce_join(tf.strings.as_string(labels), separator=",")])], summarize=1),
-            tf.debugging.Assert(image_ok, [tf.strings.join([
-                "bad record: ", where, ": image/encoded is not a complete JPEG or PNG"])], summarize=1),
-        ]
-        with tf.control_dependencies(checks):
+        # The messages are only built on the failing branch, so a good record costs two boolean checks.
+        def fail():
+            message = tf.strings.join(["bad record: ", where, ": ", tf.where(
+                label_ok, "image/encoded is not a complete JPEG or PNG",
+                tf.strings.join([f"label(s) outside [0, {num_classes}) or missing: ",
+                                 tf.strings.reduce_join(tf.strings.as_string(labels), separator=",")]))])
+            with tf.control_dependencies([tf.debugging.Assert(False, [message], summarize=1)]):
+                return tf.constant(False)
+
+        checked = tf.cond(label_ok & image_ok, lambda: tf.constant(True), fail)
+        with tf.control_dependencies([checked]):
             labels = tf.identity(labels)
     return ex[corpus_lib.IMAGE_KEY], labels, ex[corpus_lib.ID_KEY], label_ok & image_ok
 
@@ -139,12 +145,12 @@ def _parse_checked(payload, where, num_classes, on_bad_record):
 class _Builder:
     """Shared per-example and per-batch stages of the train and eval pipelines."""
 
-    def __init__(self, info, image_size, seed, on_bad_record, train, crop=True, flip=True):
+    def __init__(self, info, image_size, seed, on_bad_record, train, crop=True, flip=True, mix=False):
         self.num_classes = info.num_classes
         self.image_size = image_size
         self.seed = tf.constant([seed & 0x7FFFFFFFFFFFFFFF, 0x6E666E6574], tf.int64)  # (seed, "nfnet")
         self.on_bad_record = on_bad_record
-        self.train, self.crop, self.flip = train, crop, flip
+        self.train, self.crop, self.flip, self.mix = train, crop, flip, mix
 
     def example_seed(self, position, copy):
         key = tf.random.experimental.stateless_fold_in(self.seed, position)
@@ -174,10 +180,11 @@ class _Builder:
         # Multi-hot (one-hot for a single label); out-of-range ids give zero rows and an invalid record.
         label_vec = tf.minimum(tf.reduce_sum(tf.one_hot(labels, c, dtype=tf.float32), axis=0), 1.0)
         label_vec = tf.where(valid, label_vec, tf.zeros([c], tf.float32))
-        return {
-            "image": image, "label": label_vec, "id": ex_id, "position": position, "copy": copy, "row": row,
-            "valid": valid, "reason": reason, "mix": augment_lib.mix_draws(seeds[1]), "ra_seed": seeds[2],
-        }
+        out = {"image": image, "label": label_vec, "id": ex_id, "position": position, "copy": copy, "row": row,
+               "valid": valid, "reason": reason, "ra_seed": seeds[2]}
+        if self.mix:
+            out["mix"] = augment_lib.mix_draws(seeds[1])
+        return out
 
 
 def _report_stage(report, pad_reason=b"padding"):
@@ -231,7 +238,7 @@ def train_dataset(corpus_dir, split, global_batch_size, image_size, seed, start_
                          f"{batch} must be a multiple of it")
     info, reader = _open_split(corpus_dir, split)
     sampler = StepSampler(reader.num_records, global_batch_size, seed, repeats=repeats, num_hosts=hosts, host=host)
-    builder = _Builder(info, image_size, seed, on_bad_record, train=True, crop=crop, flip=flip)
+    builder = _Builder(info, image_size, seed, on_bad_record, train=True, crop=crop, flip=flip, mix=mixup_cutmix)
     if on_bad_record == "skip" and bad_record_report is None:
         bad_record_report = BadRecordReport()
 
@@ -304,3 +311,18 @@ def eval_dataset(corpus_dir, split, global_batch_size, image_size, input_context
         ds = ds.map(_report_stage(bad_record_report))
     ds = ds.map(lambda b: _finish(b, on_bad_record, with_info, eval_mode=True))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def record_batches(corpus_dir, split, global_batch_size, seed, start_step=0, input_context=None, repeats=1):
+    """The raw sampling stream: per step, this host's serialized records and their positions (no decoding).
+
+    Elements are dicts {"serialized": string [b_host], "position": int64 [b_host]}, one per global step; the
+    same (seed, step) -> records mapping as `train_dataset`. For tools and the input benchmark.
+    """
+    check_batching(global_batch_size)
+    hosts, host, _ = _host_setup(global_batch_size, input_context)
+    _, reader = _open_split(corpus_dir, split)
+    sampler = StepSampler(reader.num_records, global_batch_size, seed, repeats=repeats, num_hosts=hosts, host=host)
+    ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
+    ds = ds.map(_make_step_reader(sampler, reader, "raise"), num_parallel_calls=2, deterministic=True)
+    return ds.map(lambda data, position, *_: {"serialized": data, "position": position})

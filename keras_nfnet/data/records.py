@@ -26,7 +26,7 @@ class CorruptRecordError(ValueError):
 
 def masked_crc32c(data):
     """TFRecord's masked CRC-32C of `data` (bytes)."""
-    crc = google_crc32c.value(bytes(data))
+    crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -135,36 +135,53 @@ class RecordReader:
         shard, local = self.locate(record)
         return f"shard {self.names[shard]} record {local}"
 
-    def _fd(self, shard):
-        if self._pid != os.getpid():  # a forked child must not share the parent's descriptors
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(shard)
-        if fd is None:
-            fd = self._fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
-        return fd
-
     def read(self, record):
         """The payload bytes of one record; CorruptRecordError naming shard and record if it is bad."""
         if not 0 <= record < self.num_records:
             raise IndexError(f"record {record} out of range [0, {self.num_records})")
-        shard, local = self.locate(record)
-        offset, length = (int(v) for v in self.indexes[shard][local])
-        data = os.pread(self._fd(shard), length + FRAME_BYTES, offset)
-        where = f"shard {self.names[shard]} record {local}"
-        if len(data) != length + FRAME_BYTES:
-            raise CorruptRecordError(f"{where}: truncated (read {len(data)} of {length + FRAME_BYTES} bytes "
-                                     f"at byte {offset})")
-        (stored_length,) = struct.unpack("<Q", data[:8])
-        if stored_length != length:
-            raise CorruptRecordError(f"{where}: index does not match shard (index length {length}, "
-                                     f"stored length {stored_length} at byte {offset})")
-        payload = data[HEADER_BYTES:HEADER_BYTES + length]
-        if self.check_crc:
-            if struct.unpack("<I", data[8:12])[0] != masked_crc32c(data[:8]):
-                raise CorruptRecordError(f"{where}: length checksum mismatch")
-            if struct.unpack("<I", data[HEADER_BYTES + length:])[0] != masked_crc32c(payload):
-                raise CorruptRecordError(f"{where}: payload checksum mismatch (corrupt record)")
-        return payload
+        payloads, errors = self.read_many(np.array([record]), raise_errors=True)
+        return payloads[0]
+
+    def read_many(self, recs, raise_errors=True):
+        """Payloads of global record numbers `recs` (int array), in order.
+
+        Returns (payloads, errors): errors maps a position in `recs` to the CorruptRecordError message of a bad
+        record (its payload is b""); with raise_errors=True the first bad record raises instead. The lookup is
+        vectorised; the loop does only the pread and the CRC checks.
+        """
+        recs = np.asarray(recs, dtype=np.int64)
+        shards = np.searchsorted(self.starts, recs, side="right") - 1
+        locals_ = recs - self.starts[shards]
+        payloads, errors = [], {}
+        check = self.check_crc
+        crc = masked_crc32c
+        if self._pid != os.getpid():  # a forked child must not share the parent's descriptors
+            self._fds, self._pid = {}, os.getpid()
+        indexes, fds = self.indexes, self._fds
+        for i, (shard, local) in enumerate(zip(shards.tolist(), locals_.tolist())):
+            offset, length = indexes[shard][local].tolist()
+            fd = fds.get(shard)
+            if fd is None:
+                fd = fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
+            data = os.pread(fd, length + FRAME_BYTES, offset)
+            problem = None
+            if len(data) != length + FRAME_BYTES:
+                problem = f"truncated (read {len(data)} of {length + FRAME_BYTES} bytes at byte {offset})"
+            elif int.from_bytes(data[:8], "little") != length:
+                problem = (f"index does not match shard (index length {length}, stored length "
+                           f"{int.from_bytes(data[:8], 'little')} at byte {offset})")
+            else:  # the stored length already equals the index's, so only the payload CRC is checked here
+                payload = data[HEADER_BYTES:HEADER_BYTES + length]
+                if check and int.from_bytes(data[HEADER_BYTES + length:], "little") != crc(payload):
+                    problem = "payload checksum mismatch (corrupt record)"
+            if problem is not None:
+                message = f"shard {self.names[shard]} record {local}: {problem}"
+                if raise_errors:
+                    raise CorruptRecordError(message)
+                errors[i] = message
+                payload = b""
+            payloads.append(payload)
+        return payloads, errors
 
     def close(self):
         for fd in self._fds.values():

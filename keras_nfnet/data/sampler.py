@@ -11,6 +11,8 @@ The permutation is our own (a Feistel network over 64-bit integers with cycle wa
 `index_shuffle`: it evaluates any single index in O(1) without materialising the permutation (JFT has ~4e9
 examples), and the streams stay identical across TensorFlow versions.
 """
+import functools
+
 import numpy as np
 
 _U64 = np.uint64
@@ -18,21 +20,27 @@ _ROUNDS = 6
 
 
 def _mix64(x):
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-    x = np.asarray(x, dtype=_U64)
-    with np.errstate(over="ignore"):
-        x = x ^ (x >> _U64(30))
-        x = x * _U64(0xBF58476D1CE4E5B9)
-        x = x ^ (x >> _U64(27))
-        x = x * _U64(0x94D049BB133111EB)
-        x = x ^ (x >> _U64(31))
-    return x
+    """SplitMix64 finaliser on a uint64 array (numpy array arithmetic wraps silently)."""
+    x = x ^ (x >> _U64(30))
+    x = x * _U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U64(27))
+    x = x * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
 
 
+def _mix64_int(x):
+    """The same finaliser on a Python int (for the per-epoch keys)."""
+    m = 0xFFFFFFFFFFFFFFFF
+    x &= m
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+@functools.lru_cache(maxsize=64)
 def _round_keys(seed, epoch):
-    mask = 0xFFFFFFFFFFFFFFFF
-    base = int(_mix64((int(seed) & mask) ^ ((int(_mix64(int(epoch) & mask)) + 1) & mask)))
-    return [_mix64((base + (r + 1) * 0x9E3779B97F4A7C15) & mask) for r in range(_ROUNDS)]
+    base = _mix64_int(int(seed) ^ (_mix64_int(int(epoch)) + 1))
+    return tuple(np.array([_mix64_int(base + (r + 1) * 0x9E3779B97F4A7C15)], dtype=_U64) for r in range(_ROUNDS))
 
 
 def permute(indices, n, seed, epoch):

@@ -1,0 +1,122 @@
+"""Input pipeline throughput: the exactly-once pipeline against a plain TFRecordDataset + shuffle pipeline.
+
+Both read the same corpus in the same run; the table gives records/s and the ratio to the plain pipeline
+(goal >= 0.9). Stages:
+  read+parse       records fetched and parsed with tf.io.parse_example (no image decoding)
+  decode+augment   + decode, Inception crop, flip, bicubic resize, normalise, batch
+  +RandAugment     + RandAugment(2, 10) (stateless ops here; tf-models-official's stateful RandAugment in the
+                   plain pipeline) and, for the exactly-once pipeline, MixUp/CutMix
+
+    python benchmarks/bench_input_pipeline.py                       # builds a 64 px synthetic corpus in /tmp
+    python benchmarks/bench_input_pipeline.py --corpus DIR --image_size 224 --batches 100
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tensorflow as tf  # noqa: E402
+
+from keras_nfnet.data import corpus, preprocess  # noqa: E402
+from keras_nfnet.data.pipeline import record_batches, train_dataset  # noqa: E402
+from keras_nfnet.data.synthetic import make_synthetic_corpus  # noqa: E402
+
+
+def _rate(ds, batches, batch_size, warmup=3):
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def plain_records(files, batch, shuffle_buffer):
+    return (tf.data.TFRecordDataset(files, num_parallel_reads=2).shuffle(shuffle_buffer).repeat()
+            .batch(batch, drop_remainder=True))
+
+
+def plain_train(files, batch, size, shuffle_buffer, randaugment):
+    spec = corpus.feature_spec()
+    ra = None
+    if randaugment:
+        from official.vision.ops.augment import RandAugment
+
+        ra = RandAugment(num_layers=2, magnitude=10, cutout_const=40 * size / 224, translate_const=100 * size / 224)
+
+    def per_example(raw):
+        ex = tf.io.parse_single_example(raw, spec)
+        image = preprocess.train_image(preprocess.decode_image(ex["image/encoded"]), size,
+                                       tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32))
+        if ra is not None:
+            image = tf.cast(ra.distort(tf.cast(image, tf.uint8)), tf.float32)
+        return preprocess.normalize_image(image), ex["image/class/label"].values[0]
+
+    return (tf.data.TFRecordDataset(files, num_parallel_reads=2).shuffle(shuffle_buffer).repeat()
+            .map(per_example, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", help="existing corpus (default: build a synthetic one)")
+    parser.add_argument("--num_images", type=int, default=4096)
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=40, help="timed batches per row (after 3 warm-up)")
+    parser.add_argument("--shuffle_buffer", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats; the best is reported")
+    parser.add_argument("--stages", default="read+parse,decode+augment,+RandAugment",
+                        help="comma-separated subset of the stages to time")
+    args = parser.parse_args()
+    corpus_dir = args.corpus
+    if corpus_dir is None:
+        corpus_dir = os.path.join(tempfile.mkdtemp(), "synthetic")
+        print(f"building a {args.num_images}-image {args.image_size} px synthetic corpus in {corpus_dir} ...")
+        stats = make_synthetic_corpus(corpus_dir, num_images=args.num_images, num_classes=1000,
+                                      image_size=args.image_size)
+        print(f"  generated at {stats['images_per_second']:.0f} images/s")
+    files = corpus.load_metadata(corpus_dir).split("train").shard_paths(corpus_dir)
+    spec = corpus.feature_spec()
+    b, size = args.batch, args.image_size
+    rows = [
+        ("read+parse", "plain TFRecordDataset+shuffle",
+         lambda: plain_records(files, b, args.shuffle_buffer).map(lambda r: tf.io.parse_example(r, spec))),
+        ("read+parse", "exactly-once (index + pread)",
+         lambda: record_batches(corpus_dir, "train", b, seed=0).map(
+             lambda e: tf.io.parse_example(e["serialized"], spec))),
+        ("decode+augment", "plain TFRecordDataset+shuffle",
+         lambda: plain_train(files, b, size, args.shuffle_buffer, randaugment=False)),
+        ("decode+augment", "exactly-once",
+         lambda: train_dataset(corpus_dir, "train", b, size, seed=0)),
+        ("+RandAugment", "plain (tf-models stateful RA)",
+         lambda: plain_train(files, b, size, args.shuffle_buffer, randaugment=True)),
+        ("+RandAugment", "exactly-once (stateless RA+MixUp/CutMix)",
+         lambda: train_dataset(corpus_dir, "train", b, size, seed=0, randaugment_layers=2,
+                               randaugment_magnitude=10, mixup_cutmix=True)),
+    ]
+    rows = [r for r in rows if r[0] in args.stages.split(",")]
+    results = {}
+    for i in range(0, len(rows), 2):
+        # Alternate the two pipelines of a stage, so that load from other processes hits both alike.
+        datasets = {rows[j][:2]: rows[j][2]() for j in (i, i + 1)}
+        for _ in range(args.repeats):
+            for key, ds in datasets.items():
+                results[key] = max(results.get(key, 0.0), _rate(ds, args.batches, b))
+        for key in datasets:
+            print(f"  measured {key[0]:15s} {key[1]:42s} {results[key]:9.0f} records/s", flush=True)
+    print(f"\nbatch {b}, {size} px, {os.cpu_count()} CPUs, best of {args.repeats} x {args.batches} batches")
+    print(f"| stage | pipeline | records/s | ratio to plain |")
+    print(f"|---|---|---|---|")
+    for i in range(0, len(rows), 2):
+        stage, base = rows[i][0], results[rows[i][:2]]
+        for j in (i, i + 1):
+            rate = results[rows[j][:2]]
+            print(f"| {stage} | {rows[j][1]} | {rate:.0f} | {rate / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
