@@ -90,3 +90,28 @@ def test_reader_only_manager_writes_nothing(tmp_path):
         CheckpointManager(str(tmp_path), keep=0)
     with pytest.raises(FileNotFoundError):
         manager.restore(_model())
+
+
+def test_resume_continues_the_random_stream(tmp_path):
+    """Dropout masks after a resume are the ones an uninterrupted run draws (Keras' weights file alone would
+    restart the generator)."""
+    def model():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(3)])
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        m.optimizer.build(m.trainable_variables)
+        return m
+
+    uninterrupted = model()
+    _train(uninterrupted, 2)
+    manager = CheckpointManager(str(tmp_path), keep=1)
+    manager.save(uninterrupted, 2, {})
+    _train(uninterrupted, 2)
+
+    resumed = model()
+    _train(resumed, 1)  # advance its generator: the restore must set it, not leave it
+    manager.restore(resumed)
+    _train(resumed, 2)
+    for a, b in zip(uninterrupted.weights, resumed.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -3,6 +3,9 @@
     <workdir>/checkpoints/ckpt-000000120/model.weights.h5   model weights + optimizer state (incl. iterations)
     <workdir>/checkpoints/ckpt-000000120/state.json         step, compute clock, anything else the run keeps
 
+Keras' `.weights.h5` leaves out the state of the random generators (dropout, stochastic depth), so state.json
+also holds them: a resumed run draws the same masks as an uninterrupted one.
+
 A directory named `ckpt-<step>` is complete by construction (rename is atomic on POSIX), so a process killed at
 any instant leaves either the previous set of checkpoints or the previous set plus one complete new one. Only the
 last `keep` are kept. Resuming reads the step from `optimizer.iterations` (the step the optimizer has applied)
@@ -13,6 +16,8 @@ import logging
 import os
 import re
 import shutil
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,10 @@ def _fsync_dir(path):
         pass
     finally:
         os.close(fd)
+
+
+def _rng_variables(model):
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
 def _fsync_file(path):
@@ -96,7 +105,9 @@ class CheckpointManager:
         model.save_weights(weights)
         _fsync_file(weights)
         with open(os.path.join(tmp, STATE_FILE), "w") as f:
-            json.dump(dict(state, step=int(step)), f, indent=1, sort_keys=True)
+            # In model order: generator names depend on how many were created before in the process.
+            rng = [np.asarray(v.numpy()).tolist() for v in _rng_variables(model)]
+            json.dump(dict(state, step=int(step), rng=rng), f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -123,6 +134,12 @@ class CheckpointManager:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
         model.load_weights(os.path.join(self.path(step), WEIGHTS_FILE))
         state = self.read_state(step)
+        rng, variables = state.get("rng", []), _rng_variables(model)
+        if len(rng) != len(variables):
+            raise ValueError(f"checkpoint {self.path(step)} holds {len(rng)} random generator states but the model "
+                             f"has {len(variables)}; it was written by a different model.")
+        for variable, value in zip(variables, rng):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
         restored = int(model.optimizer.iterations.numpy())
         if restored != int(state["step"]):
             raise ValueError(f"checkpoint {self.path(step)} is inconsistent: optimizer.iterations={restored} but "
