@@ -28,14 +28,17 @@ class EMAWarmup:
     is `ema_decay(t, ema_momentum)` where t counts the steps completed before it (0 on the first update).
     """
 
-    def build(self, variables):
-        super().build(variables)
-        if self.use_ema:
-            # The reference starts the average at the initial weights (Keras starts it at zeros). A copy, so that
-            # on JAX the average does not share the weight's buffer (the trainer donates both).
-            for variable, average in zip(variables, self._model_variables_moving_average):
-                if average is not None:
-                    average.assign(ops.copy(variable))
+    def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
+        if name != "average" or not self.use_ema:
+            return super().add_optimizer_variables(trainable_variables, name, initializer)
+        # The reference starts the average at the initial weights (Keras starts it at zeros). This goes through
+        # the initializer, not an assign after creation: model.fit may build the optimizer while tracing the
+        # train step, where an assign would become part of the step and reset the averages every step.
+        return [
+            None if self._overwrite_variable_with_gradient(v)
+            else self.add_variable_from_reference(v, name="average", initializer=_ValueOf(v))
+            for v in trainable_variables
+        ]
 
     def _overwrite_model_variables_with_average_value(self, trainable_variables):
         if keras.backend.backend() == "tensorflow":
@@ -54,6 +57,22 @@ class EMAWarmup:
             if average is not None:
                 d = ops.cast(decay, variable.dtype)
                 average.assign(d * average + (1.0 - d) * variable)
+
+
+class _ValueOf(keras.initializers.Initializer):
+    """Initializer returning a copy of a variable's current value (read eagerly on TensorFlow)."""
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def __call__(self, shape, dtype=None):
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            with tf.init_scope():
+                return tf.identity(tf.cast(self.variable.value, dtype))
+        # A copy, so that on JAX the average never shares the weight's buffer (the trainer donates both).
+        return ops.copy(ops.cast(self.variable.value, dtype))
 
 
 def find_ema_optimizer(optimizer):
