@@ -94,8 +94,13 @@ def test_resume_at_any_step_equals_uninterrupted_stream_and_reads_no_skipped_rec
     batch = 8
     full = _take(train_dataset(corpus_dir, "train", batch, SIZE, seed=2, with_info=True, **AUG), 12)
     reads = []
-    original = records.RecordReader.read
-    monkeypatch.setattr(records.RecordReader, "read", lambda self, r: reads.append(r) or original(self, r))
+    original = records.RecordReader.read_many
+
+    def counting_read_many(self, recs, **kw):
+        reads.extend(recs)
+        return original(self, recs, **kw)
+
+    monkeypatch.setattr(records.RecordReader, "read_many", counting_read_many)
     for start in (5, 11):
         reads.clear()
         resumed = _take(train_dataset(corpus_dir, "train", batch, SIZE, seed=2, start_step=start, with_info=True,
