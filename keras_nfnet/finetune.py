@@ -1,0 +1,329 @@
+"""Fine-tuning a pretrained NFNet on a new labelled corpus: new head, higher resolution, the NFNet fine-tuning
+recipe (NFNET_SPEC.md section 4), and top-1/top-5 evaluation with raw and EMA weights.
+
+    from keras_nfnet.finetune import FinetuneConfig, finetune
+    result = finetune(FinetuneConfig(source="/runs/pretrain", corpus="/data/digits", image_size=48,
+                                     eval_image_size=64, epochs=5, sam_rho=0.05), workdir="/runs/ft")
+
+`source` is a pretraining work directory (its newest checkpoint is used), one checkpoint directory
+(`.../checkpoints/ckpt-<step>`), or a `.keras` model file; empty trains the same architecture from scratch with the
+same budget (the baseline a fine-tuning result should beat). The work directory receives `results.json`,
+`model.keras` (final weights), `model_ema.keras` (weight averages, when `ema`) and TensorBoard logs.
+"""
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_nfnet.data import corpus as corpus_lib
+from keras_nfnet.data import pipeline
+from keras_nfnet.models import NFNet
+from keras_nfnet.optimizers import nfnet_optimizer
+from keras_nfnet.sam import REDUCTIONS, enable_sam
+from keras_nfnet.training import keras_workarounds
+from keras_nfnet.training import strategy as strategy_lib
+from keras_nfnet.training.checkpoint import WEIGHTS_FILE, CheckpointManager
+from keras_nfnet.variants import VARIANTS, get_variant
+
+log = logging.getLogger(__name__)
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    # what to start from
+    source: str = ""               # pretrain workdir | checkpoint dir | .keras file | "" = from scratch
+    variant: str = ""              # architecture when training from scratch (ignored otherwise)
+    # data
+    corpus: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    image_size: int = 0            # fine-tuning px; 0 = the variant's test resolution (higher than pretraining)
+    eval_image_size: int = 0       # evaluation px; 0 = image_size + 32 (NFNET_SPEC: evaluate above train px)
+    crop: bool = True
+    flip: bool = True
+    randaugment_layers: int = 0
+    randaugment_magnitude: float = 10.0
+    mixup_cutmix: bool = False
+    repeats: int = 1               # repeated augmentation multiplicity K; steps unchanged (compute kept equal)
+    # recipe ([NF]'s JFT fine-tuning, scaled to small batches)
+    epochs: float = 10.0
+    global_batch_size: int = 64
+    base_learning_rate: float = 0.1  # per 256 examples
+    warmup_epochs: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    agc_clip: float = 0.01         # <= 0 turns AGC off
+    label_smoothing: float = 0.0
+    dropout_rate: float = 0.25     # < 0 = the variant's
+    stochastic_depth_rate: float = 0.1
+    ema: bool = True
+    ema_max_decay: float = 0.9999
+    sam_rho: float = 0.05          # <= 0 turns SAM off
+    sam_reduction: str = "global"
+    # execution
+    strategy: str = "default"
+    num_cpu_devices: int = 2
+    eval_batch_size: int = 0       # 0 = global_batch_size
+    seed: int = 0
+    verbose: int = 2
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def validate(config):
+    """Raise ValueError for a bad config before any heavy work."""
+    if not config.corpus or not os.path.isfile(os.path.join(config.corpus, corpus_lib.METADATA_FILE)):
+        raise ValueError(f"corpus must be a corpus directory holding {corpus_lib.METADATA_FILE}; got {config.corpus!r}")
+    if not config.source and config.variant not in VARIANTS:
+        raise ValueError(f"training from scratch (no source) needs variant, one of {sorted(VARIANTS)}; "
+                         f"got {config.variant!r}")
+    if config.source and not os.path.exists(config.source):
+        raise FileNotFoundError(f"source {config.source} does not exist (a pretrain workdir, a checkpoint "
+                                "directory or a .keras file)")
+    for name in ("image_size", "eval_image_size", "eval_batch_size"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0 = default); got {getattr(config, name)}")
+    if config.epochs <= 0 or config.global_batch_size < 1:
+        raise ValueError(f"epochs must be > 0 and global_batch_size >= 1; got {config.epochs}, "
+                         f"{config.global_batch_size}")
+    if config.repeats < 1 or config.global_batch_size % config.repeats:
+        raise ValueError(f"repeats must be >= 1 and divide global_batch_size {config.global_batch_size}; "
+                         f"got {config.repeats}")
+    if config.sam_reduction not in REDUCTIONS:
+        raise ValueError(f"sam_reduction must be one of {REDUCTIONS}; got {config.sam_reduction!r}")
+    if not 0 <= config.stochastic_depth_rate < 1 or config.dropout_rate >= 1:
+        raise ValueError("stochastic_depth_rate must be in [0, 1) and dropout_rate < 1")
+    if config.ema and not 0 < config.ema_max_decay < 1:
+        raise ValueError(f"ema_max_decay must be in (0, 1); got {config.ema_max_decay}")
+
+
+# --- the pretrained model -------------------------------------------------------------------------------------
+
+def _checkpoint_weights(source):
+    """(weights file, pretrain config dict) for a pretrain workdir or one of its checkpoint directories."""
+    if os.path.isfile(os.path.join(source, WEIGHTS_FILE)):
+        weights, workdir = os.path.join(source, WEIGHTS_FILE), os.path.dirname(os.path.dirname(source))
+    else:
+        step = CheckpointManager(os.path.join(source, "checkpoints"), write=False).latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{source} holds no checkpoint: expected a pretrain workdir (checkpoints/"
+                                    f"ckpt-<step>/{WEIGHTS_FILE}), a checkpoint directory or a .keras file")
+        weights = os.path.join(CheckpointManager(os.path.join(source, "checkpoints"), write=False).path(step),
+                               WEIGHTS_FILE)
+        workdir = source
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"no config.json next to the checkpoint ({config_path}): cannot tell its variant")
+    with open(config_path) as f:
+        return weights, json.load(f)
+
+
+def _classes_in_weights(weights_file):
+    """Number of classes of the checkpoint's classifier (its only top-level Dense layer)."""
+    import h5py
+
+    with h5py.File(weights_file, "r") as f:
+        dense = [name for name in f["layers"] if name == "dense" or name.startswith("dense_")]
+        if len(dense) != 1:
+            raise ValueError(f"{weights_file}: expected one classifier Dense layer, found {dense}")
+        return int(f["layers"][dense[0]]["vars"]["0"].shape[-1])
+
+
+def load_pretrained(source):
+    """The pretrained NFNet (weights loaded, not compiled) from a workdir, checkpoint dir or .keras file."""
+    if source.endswith(".keras"):
+        model = keras.saving.load_model(source, compile=False)
+        if not isinstance(model, NFNet):
+            raise ValueError(f"{source} holds a {type(model).__name__}, not a keras_nfnet NFNet")
+        return model
+    weights, pre = _checkpoint_weights(source)
+    model = NFNet(pre["variant"], num_classes=_classes_in_weights(weights), stochastic_depth_rate=0.0,
+                  dropout_rate=0.0)
+    model.load_weights(weights)
+    log.info("loaded %s (%s) from %s", pre["variant"], model.num_classes, weights)
+    return model
+
+
+def replace_head(pretrained, num_classes, dropout_rate=None, stochastic_depth_rate=0.1, dtype=None):
+    """A new NFNet of the same variant with a fresh `num_classes` classifier and every other weight copied.
+
+    Dropout and stochastic depth are the fine-tuning overrides (they have no weights). The input is
+    resolution-agnostic, so the model trains and evaluates at any size. Returns (model, names of copied layers).
+    """
+    model = NFNet(pretrained.variant, num_classes=num_classes, activation=pretrained.activation,
+                  stochastic_depth_rate=stochastic_depth_rate, dropout_rate=dropout_rate,
+                  input_shape=(None, None, 3), dtype=dtype)
+    copied = []
+    for layer in model.layers:
+        if not layer.weights or layer.name == "classifier":
+            continue
+        source = pretrained.get_layer(layer.name)
+        values = source.get_weights()
+        if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
+            raise ValueError(f"layer {layer.name}: pretrained shapes {[v.shape for v in values]} do not match")
+        layer.set_weights(values)
+        copied.append(layer.name)
+    return model, copied
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------
+
+def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5)):
+    """{"top1", "top5", "loss", "examples"} over every example of `split` (evaluation preprocessing).
+
+    A prediction counts as correct at k when any of its k best classes is a label of the example (for single-
+    label corpora: the label is among the k best). k is capped at the number of classes.
+    """
+    ds = pipeline.eval_dataset(corpus, split, batch_size, image_size)
+    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
+    correct = {k: 0.0 for k in ks}
+    loss_sum, count = 0.0, 0.0
+    for images, labels, weights in ds:
+        logits = predict(images).numpy()
+        labels, weights = labels.numpy(), weights.numpy()
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        for k in ks:
+            hit = np.take_along_axis(labels, order[:, :min(k, logits.shape[-1])], axis=-1).max(axis=-1) > 0
+            correct[k] += float((hit * weights).sum())
+        log_probs = logits - logits.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        targets = labels / np.maximum(labels.sum(-1, keepdims=True), 1)
+        loss_sum += float((-(targets * log_probs).sum(-1) * weights).sum())
+        count += float(weights.sum())
+    if count == 0:
+        raise ValueError(f"split {split!r} of {corpus} has no examples to evaluate")
+    return {**{f"top{k}": correct[k] / count for k in ks}, "loss": loss_sum / count, "examples": int(count)}
+
+
+# --- the job --------------------------------------------------------------------------------------------------
+
+class _FinalWeights(keras.callbacks.Callback):
+    """Keeps the trainable weights at the end of the last epoch: with `use_ema`, Keras replaces them by the
+    weight averages when `fit` returns, and the raw weights are evaluated too."""
+
+    values = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.params["epochs"]:
+            self.values = [v.numpy() for v in self.model.trainable_variables]
+
+
+class _TrainScalars(keras.callbacks.Callback):
+    def __init__(self, writer):
+        super().__init__()
+        self.writer = writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        with self.writer.as_default():
+            for name, value in (logs or {}).items():
+                tf.summary.scalar(f"finetune/{name}", float(value), step=step)
+        self.writer.flush()
+
+
+def finetune(config, workdir, strategy=None):
+    """Run the fine-tuning job; returns the results dict (also written to `<workdir>/results.json`)."""
+    validate(config)
+    started = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    info = corpus_lib.load_metadata(config.corpus)
+    num_train = info.split(config.train_split).num_examples
+    info.split(config.eval_split)  # fails early, naming the known splits, when the eval split is missing
+    if strategy is None:
+        strategy = strategy_lib.make_strategy(config.strategy, config.num_cpu_devices)
+    pretrained = load_pretrained(config.source) if config.source else None
+    variant = pretrained.variant if pretrained is not None else config.variant
+    row = get_variant(variant)
+    image_size = config.image_size or row.test_image_size
+    eval_size = config.eval_image_size or image_size + 32
+    steps = max(1, int(round(config.epochs * num_train / config.global_batch_size)))
+    warmup = int(round(config.warmup_epochs * num_train / config.global_batch_size))
+    dropout = None if config.dropout_rate < 0 else config.dropout_rate
+    print(f"fine-tuning {variant} {'from ' + config.source if pretrained is not None else 'from scratch'} on "
+          f"{config.corpus} ({info.num_classes} classes, {num_train} train images) at {image_size} px: {steps} "
+          f"steps of {config.global_batch_size} ({config.epochs:g} epochs, repeats {config.repeats}), SAM rho "
+          f"{config.sam_rho if config.sam_rho > 0 else 'off'}, AGC {config.agc_clip if config.agc_clip > 0 else 'off'}"
+          f", EMA {'on' if config.ema else 'off'}; evaluation at {eval_size} px", flush=True)
+
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        if pretrained is not None:
+            model, copied = replace_head(pretrained, info.num_classes, dropout, config.stochastic_depth_rate)
+            log.info("copied %d pretrained layers; new classifier for %d classes", len(copied), info.num_classes)
+        else:
+            model = NFNet(variant, num_classes=info.num_classes, stochastic_depth_rate=config.stochastic_depth_rate,
+                          dropout_rate=dropout, input_shape=(None, None, 3))
+        optimizer = nfnet_optimizer(base_learning_rate=config.base_learning_rate,
+                                    batch_size=config.global_batch_size, total_steps=steps, warmup_steps=warmup,
+                                    weight_decay=config.weight_decay,
+                                    clip_factor=config.agc_clip if config.agc_clip > 0 else None,
+                                    momentum=config.momentum, use_ema=config.ema, ema_max_decay=config.ema_max_decay)
+        model.compile(optimizer=optimizer, jit_compile=False,
+                      loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                                label_smoothing=config.label_smoothing))
+        if config.sam_rho > 0:
+            enable_sam(model, rho=config.sam_rho, reduction=config.sam_reduction)
+        optimizer.build(model.trainable_variables)
+    keras_workarounds.apply(model, strategy)
+
+    def train_fn(ctx):
+        return pipeline.train_dataset(config.corpus, config.train_split, config.global_batch_size, image_size,
+                                      config.seed, input_context=ctx, crop=config.crop, flip=config.flip,
+                                      repeats=config.repeats, mixup_cutmix=config.mixup_cutmix,
+                                      randaugment_layers=config.randaugment_layers,
+                                      randaugment_magnitude=config.randaugment_magnitude)
+
+    tb_dir = os.path.join(workdir, "tensorboard")
+    writer = tf.summary.create_file_writer(tb_dir)
+    interval = max(1, min(steps, int(math.ceil(num_train / config.global_batch_size))))  # about one epoch
+    final = _FinalWeights()
+    model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-steps // interval),
+              steps_per_epoch=interval, callbacks=[_TrainScalars(writer), final], verbose=config.verbose)
+
+    eval_batch = config.eval_batch_size or config.global_batch_size
+    results = {}
+    if config.ema:
+        # With use_ema, `fit` ends by copying the weight averages into the model: evaluate and save those, then
+        # put the final raw weights back.
+        results["ema"] = topk_accuracy(model, config.corpus, config.eval_split, eval_size, eval_batch)
+        model.save(os.path.join(workdir, "model_ema.keras"))
+        for variable, value in zip(model.trainable_variables, final.values):
+            variable.assign(value)
+    results["raw"] = topk_accuracy(model, config.corpus, config.eval_split, eval_size, eval_batch)
+    model.save(os.path.join(workdir, "model.keras"))
+    best = max(results, key=lambda k: results[k]["top1"])
+    summary = {
+        "top1": results["raw"]["top1"], "top5": results["raw"]["top5"],
+        "top1_ema": results["ema"]["top1"] if config.ema else None,
+        "top5_ema": results["ema"]["top5"] if config.ema else None,
+        "eval_loss": results["raw"]["loss"], "eval_examples": results["raw"]["examples"],
+        "best_weights": best, "best_model": os.path.join(workdir, "model.keras" if best == "raw" else
+                                                         "model_ema.keras"),
+        "variant": variant, "source": config.source or None, "image_size": image_size,
+        "eval_image_size": eval_size, "steps": steps, "train_images_seen": steps * config.global_batch_size,
+        "class_names": list(info.class_names), "seconds": round(time.time() - started, 1),
+        "config": config.to_dict(),
+    }
+    with writer.as_default():
+        for name in ("top1", "top5", "top1_ema", "top5_ema"):
+            if summary[name] is not None:
+                tf.summary.scalar(f"eval/{name}", summary[name], step=steps)
+    writer.close()
+    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+    line = f"{config.eval_split} ({summary['eval_examples']} images, {eval_size} px): top-1 {summary['top1']:.4f} " \
+           f"top-5 {summary['top5']:.4f}"
+    if config.ema:
+        line += f"; EMA top-1 {summary['top1_ema']:.4f} top-5 {summary['top5_ema']:.4f}"
+    print(line + f"; results in {os.path.join(workdir, RESULTS_FILE)}", flush=True)
+    return summary

@@ -1,0 +1,58 @@
+"""Export a trained model as a SavedModel for TF Serving: `<base_dir>/<model_name>/<version>/`.
+
+    python trainers/export.py --finetune_workdir=/runs/ft --base_dir=/tmp/serving --model_name=digits
+    python trainers/export.py --model=/runs/ft/model.keras --image_size=64 --class_names=/data/names.txt \
+        --base_dir=/tmp/serving --model_name=digits
+
+With --finetune_workdir the model (the better of raw and EMA weights by top-1), the evaluation resolution and
+the class names come from its results.json; flags given explicitly override them.
+"""
+import json
+import os
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("finetune_workdir", None, "A fine-tuning work directory (reads its results.json).")
+flags.DEFINE_string("model", None, "A .keras model file (logits over classes from normalised images).")
+flags.DEFINE_string("base_dir", None, "Serving root; the export goes to <base_dir>/<model_name>/<version>.")
+flags.DEFINE_string("model_name", None, "Name clients address: /v1/models/<model_name>.")
+flags.DEFINE_integer("version", None, "Version number; default one more than the largest existing one.")
+flags.DEFINE_integer("image_size", None, "Evaluation resolution inside the graph.")
+flags.DEFINE_string("class_names", None, "Text file with one class name per line (line i = class i).")
+flags.DEFINE_integer("top_k", 5, "Class ids and names returned per image.")
+flags.DEFINE_bool("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
+flags.mark_flags_as_required(["base_dir", "model_name"])
+
+
+def main(argv):
+    del argv
+    import keras
+
+    import keras_nfnet.models  # noqa: F401  (registers NFNet for loading)
+    from keras_nfnet.export import export_for_serving
+
+    model_path, image_size, class_names = FLAGS.model, FLAGS.image_size, None
+    if FLAGS.finetune_workdir:
+        results_path = os.path.join(FLAGS.finetune_workdir, "results.json")
+        if not os.path.isfile(results_path):
+            raise app.UsageError(f"{results_path} not found: is {FLAGS.finetune_workdir} a finished fine-tuning run?")
+        with open(results_path) as f:
+            results = json.load(f)
+        model_path = model_path or results["best_model"]
+        image_size = image_size or results["eval_image_size"]
+        class_names = results["class_names"]
+    if not model_path:
+        raise app.UsageError("give --model=<file.keras> or --finetune_workdir=<dir>")
+    if not os.path.isfile(model_path):
+        raise app.UsageError(f"model file {model_path} does not exist")
+    if FLAGS.class_names:
+        with open(FLAGS.class_names, encoding="utf-8") as f:
+            class_names = f.read().splitlines()
+    model = keras.saving.load_model(model_path, compile=False)
+    export_for_serving(model, FLAGS.base_dir, FLAGS.model_name, version=FLAGS.version, class_names=class_names,
+                       image_size=image_size, top_k=FLAGS.top_k, warmup=FLAGS.warmup)
+
+
+if __name__ == "__main__":
+    app.run(main)
