@@ -1,9 +1,9 @@
 """The layer and model tests again on the JAX backend, in a fresh process (the backend is fixed at import).
 
 All of tests/test_layers.py runs; from tests/test_models.py the tests that exercise what differs between backends
-(forward pass at several resolutions, .keras round trip, model.fit, mixed precision, variable layout, input
-errors). The remaining model tests only re-check backend-independent Python (variant rows, schedules) and would
-add minutes of XLA compilation on a 2-core CPU.
+(forward pass at several resolutions, feature extraction, training/inference modes, .keras round trips,
+model.fit, mixed precision, variable layout, input errors). Left out: backend-independent Python (variant rows,
+block schedules, initialiser statistics) and predict on a tf.data dataset.
 """
 import os
 import subprocess
@@ -12,8 +12,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SELECTION = ("forward_shapes or save_load or fit_reduces or mixed_precision or variable_layout or unknown_variant "
-             "or too_small or non_rgb or bad_options")
+SELECTION = " or ".join([
+    "forward_shapes", "feature_extraction", "inference_is", "custom_variant", "save_load", "fit_reduces",
+    "mixed_precision", "variable_layout", "unknown_variant", "too_small", "non_rgb", "bad_options",
+])
 
 
 def test_layers_and_models_on_jax():
