@@ -283,3 +283,25 @@ def test_sigterm_finishes_in_flight_request(tmp_path):
     assert "draining" in output and "stopped serving slow" in output
     with pytest.raises(OSError):  # the listening socket is gone
         http.client.HTTPConnection("127.0.0.1", server.port, timeout=5).request("GET", "/v1/models/slow")
+
+
+def test_query_client_script(model_and_server, tmp_path):
+    """trainers/query.py, a standard-library client, gets the expected top classes for image files."""
+    model, server = model_and_server
+    images = [_image(30 + i) for i in range(2)]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        tf.io.write_file(paths[-1], tf.io.encode_png(image))
+    result = subprocess.run(
+        [sys.executable, "trainers/query.py", f"--url=http://127.0.0.1:{server.port}/v1/models/digits", *paths],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("image ")]
+    expected = _expected(model, images)
+    for i, line in enumerate(lines):
+        top = int(np.argmax(expected[i]))
+        prefix = f"image {i} ({paths[i]}): {CLASS_NAMES[top]} "
+        assert line.startswith(prefix), line
+        assert float(line[len(prefix):].split(",")[0]) == pytest.approx(expected[i][top], abs=6e-4)
+    assert len(lines) == 2
