@@ -28,6 +28,7 @@ from keras_nfnet.optimizers import nfnet_optimizer
 from keras_nfnet.sam import REDUCTIONS, enable_sam
 from keras_nfnet.training import keras_workarounds
 from keras_nfnet.training import strategy as strategy_lib
+from keras_nfnet.training.callbacks import StopAtStep
 from keras_nfnet.training.checkpoint import WEIGHTS_FILE, CheckpointManager
 from keras_nfnet.variants import VARIANTS, get_variant
 
@@ -212,7 +213,7 @@ class _FinalWeights(keras.callbacks.Callback):
     values = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.params["epochs"]:
+        if self.model.stop_training or epoch + 1 == self.params["epochs"]:
             self.values = [v.numpy() for v in self.model.trainable_variables]
 
 
@@ -286,7 +287,9 @@ def finetune(config, workdir, strategy=None):
     interval = max(1, min(steps, int(math.ceil(num_train / config.global_batch_size))))  # about one epoch
     final = _FinalWeights()
     model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-steps // interval),
-              steps_per_epoch=interval, callbacks=[_TrainScalars(writer), final], verbose=config.verbose)
+              steps_per_epoch=interval, verbose=config.verbose,
+              # StopAtStep ends the last, partial interval exactly where the learning-rate schedule ends.
+              callbacks=[StopAtStep(steps), _TrainScalars(writer), final])
 
     eval_batch = config.eval_batch_size or config.global_batch_size
     results = {}
@@ -308,7 +311,8 @@ def finetune(config, workdir, strategy=None):
         "best_weights": best, "best_model": os.path.join(workdir, "model.keras" if best == "raw" else
                                                          "model_ema.keras"),
         "variant": variant, "source": config.source or None, "image_size": image_size,
-        "eval_image_size": eval_size, "steps": steps, "train_images_seen": steps * config.global_batch_size,
+        "eval_image_size": eval_size, "steps": steps, "final_step": int(model.optimizer.iterations.numpy()),
+        "train_images_seen": steps * config.global_batch_size,
         "class_names": list(info.class_names), "seconds": round(time.time() - started, 1),
         "config": config.to_dict(),
     }
