@@ -23,9 +23,7 @@ import warnings
 
 import keras
 from keras import ops
-from keras.src import backend as keras_backend
-from keras.src.saving import serialization_lib
-from keras.src.utils import tracking
+from keras.src.utils import tracking  # the same build-time tracking switch keras.optimizers.LossScaleOptimizer uses
 
 # The classifier of a keras_nfnet NFNet is a Dense layer named "classifier"; the paper leaves only its kernel
 # unclipped (its bias is clipped).
@@ -147,7 +145,7 @@ def _summed_scope():
 
 def _replica_context_to_sum():
     """The TF replica context whose replicas' gradients must be summed before clipping, or None."""
-    if keras_backend.backend() != "tensorflow":
+    if keras.backend.backend() != "tensorflow":
         return None
     import tensorflow as tf
 
@@ -334,7 +332,7 @@ class AGC(keras.optimizers.Optimizer):
         if not self.built:
             if trainable_variables is None:
                 raise ValueError("AGC must be built before apply() is called without trainable_variables.")
-            with keras_backend.name_scope(self.name, caller=self):
+            with keras.name_scope(self.name, caller=self):
                 self.build(list(trainable_variables))
             self.built = True
         variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
@@ -353,7 +351,7 @@ class AGC(keras.optimizers.Optimizer):
             for i, g in zip(present, summed):
                 grads[i] = g
 
-        with keras_backend.name_scope(self.name, caller=self):
+        with keras.name_scope(self.name, caller=self):
             clipped, n_clipped, n_units, before, after = self.clip_gradients(grads, variables)
             self.clipped_fraction.assign(n_clipped / max(n_units, 1))
             self.grad_norm.assign(before)
@@ -391,10 +389,10 @@ class AGC(keras.optimizers.Optimizer):
     def get_config(self):
         exclude = self.exclude
         if callable(exclude):
-            exclude = serialization_lib.serialize_keras_object(exclude)
+            exclude = keras.saving.serialize_keras_object(exclude)
         return {
             "name": self.name,
-            "optimizer": serialization_lib.serialize_keras_object(self.inner_optimizer),
+            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
             "clip_factor": self.clip_factor,
             "eps": self.eps,
             "exclude": exclude,
@@ -405,15 +403,15 @@ class AGC(keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        optimizer = serialization_lib.deserialize_keras_object(config.pop("optimizer"), custom_objects=custom_objects)
+        optimizer = keras.saving.deserialize_keras_object(config.pop("optimizer"), custom_objects=custom_objects)
         if isinstance(config.get("exclude"), dict):
-            config["exclude"] = serialization_lib.deserialize_keras_object(
+            config["exclude"] = keras.saving.deserialize_keras_object(
                 config["exclude"], custom_objects=custom_objects)
         return cls(optimizer, **config)
 
 
 def backend_is_tf():
-    return keras_backend.backend() == "tensorflow"
+    return keras.backend.backend() == "tensorflow"
 
 
 def _check_positive(name, value):

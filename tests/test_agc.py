@@ -42,6 +42,21 @@ def apply_gradients(optimizer, grads, variables):
 
 
 _JITTED = {}
+_COLLECTIVE_KEY_BASES = iter(range(7_000, 1_000_000, 1_000))
+
+
+def mirrored_strategy():
+    """MirroredStrategy over the two logical CPUs, with its own collective group key.
+
+    TensorFlow caches collective parameters per (group key, instance key) for the whole process, and every
+    MirroredStrategy starts from the same keys, so two strategies in one test process whose all-reduces differ in
+    shape fail ("Shape mismatch in the collective instance 100"). TensorFlow's own tests separate strategies with
+    the class attribute `_collective_key_base`; so do these.
+    """
+    import tensorflow as tf
+
+    tf.distribute.MirroredStrategy._collective_key_base = next(_COLLECTIVE_KEY_BASES)
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 class GradientRecorder(keras.optimizers.Optimizer):
@@ -220,3 +235,17 @@ def test_other_bad_arguments():
         AGC(keras.optimizers.SGD(0.1), unit_axes={kernel_path: (0, 2)}).build(model.trainable_variables)
     with pytest.raises(ValueError, match="not being trained"):
         AGC(keras.optimizers.SGD(0.1), unit_axes={"missing/kernel": (0,)}).build(model.trainable_variables)
+
+
+def test_loss_scale_factor_of_the_inner_optimizer_is_undone_before_clipping():
+    rng = np.random.default_rng(5)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="classifier")])
+    variables = model.trainable_variables
+    params = [keras.ops.convert_to_numpy(v).copy() for v in variables]
+    grads = random_gradients(variables, 0.05, rng)
+    agc = AGC(GradientRecorder(loss_scale_factor=64.0), clip_factor=0.05, exclude=None)
+    assert scalar(agc.scale_loss(keras.ops.convert_to_tensor(1.0))) == 64.0
+    apply_gradients(agc, [keras.ops.convert_to_tensor(g * 64.0) for g in grads], variables)
+    for v, p, g, axes in zip(variables, params, grads, [(0,), None]):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(v), numpy_agc(g, p, 0.05, 1e-3, axes)[0],
+                                   rtol=2e-6, atol=1e-9)

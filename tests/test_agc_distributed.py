@@ -17,6 +17,7 @@ import tensorflow as tf  # noqa: E402
 import keras_nfnet.agc as agc_module  # noqa: E402
 from keras_nfnet.agc import AGC  # noqa: E402
 from keras_nfnet.optimizers import CoupledDecaySGD  # noqa: E402
+from tests.test_agc import mirrored_strategy  # noqa: E402
 
 STEPS, BATCH = 3, 16
 
@@ -66,7 +67,7 @@ def agc_sgd():
 
 
 def mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return mirrored_strategy()
 
 
 def max_difference(a, b):
@@ -153,3 +154,10 @@ def test_custom_loop_with_strategy_run_equals_single_device(single_device_run):
         step(xb, yb)
     weights = [w.numpy() for w in model.trainable_weights]
     assert max_difference(weights, reference) < 1e-5
+
+
+def test_inner_optimizer_from_another_strategy_is_refused():
+    outside = CoupledDecaySGD(0.1)
+    with mirrored().scope():
+        with pytest.raises(ValueError, match="strategy.scope"):
+            AGC(outside)

@@ -7,7 +7,7 @@ import pytest
 from keras_nfnet.agc import AGC
 from keras_nfnet.ema import ema_decay, ema_weights
 from keras_nfnet.optimizers import CoupledDecaySGD
-from tests.test_agc import apply_gradients
+from tests.test_agc import apply_gradients, mirrored_strategy
 
 
 def small_model():
@@ -122,7 +122,7 @@ def test_ema_under_mirrored_strategy_equals_one_device():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(16, 5)).astype(np.float32), rng.integers(0, 3, size=16)
     results = []
-    for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])):
+    for strategy in (tf.distribute.get_strategy(), mirrored_strategy()):
         with strategy.scope():
             model = small_model()
             model.compile(optimizer=AGC(CoupledDecaySGD(0.2, use_ema=True, ema_momentum=0.9), clip_factor=0.05),
