@@ -161,3 +161,20 @@ def test_inner_optimizer_from_another_strategy_is_refused():
     with mirrored().scope():
         with pytest.raises(ValueError, match="strategy.scope"):
             AGC(outside)
+
+
+def test_xla_and_steps_per_execution_match_the_plain_step(single_device_run):
+    """The step TPUStrategy compiles (XLA, several steps per execution) gives the same update, on one device
+    (no TPU here)."""
+    reference, single_opt = single_device_run
+    x, y = data()
+    with tf.distribute.get_strategy().scope():
+        model = small_convnet()
+        model.set_weights(initial_weights())
+        model.compile(optimizer=agc_sgd(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=True, steps_per_execution=STEPS)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    weights = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    assert max_difference(weights, reference) < 1e-5
+    np.testing.assert_allclose(float(model.optimizer.clipped_fraction.numpy()),
+                               float(single_opt.clipped_fraction.numpy()), rtol=1e-6)
