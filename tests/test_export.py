@@ -116,12 +116,14 @@ def test_layout_and_signatures(exported):
     assert images_sig.dtype == tf.uint8 and images_sig.shape.as_list() == [None, None, None, 3]
 
 
-def test_next_version_and_refuses_overwrite(exported, tmp_path):
-    model, base, _ = exported
-    second = export.export_for_serving(
-        model, base, "animals", class_names=CLASS_NAMES, image_size=IMAGE_SIZE, warmup=False, verbose=False
-    )
-    assert second.endswith(os.path.join("animals", "2"))
+def test_next_version_and_refuses_overwrite(tmp_path):
+    model, base = _tiny_model(), str(tmp_path)
+    for version in (1, 2):
+        path = export.export_for_serving(
+            model, base, "animals", class_names=CLASS_NAMES, image_size=IMAGE_SIZE, warmup=False, verbose=False
+        )
+        assert path == os.path.join(base, "animals", str(version))
+    assert sorted(os.listdir(os.path.join(base, "animals"))) == ["1", "2"]
     with pytest.raises(ValueError, match="already exists"):
         export.export_for_serving(model, base, "animals", version=1, class_names=CLASS_NAMES, image_size=32)
 
