@@ -18,3 +18,14 @@ if os.environ["KERAS_BACKEND"] == "tensorflow":
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
+
+    import pytest
+
+    @pytest.fixture(autouse=True)
+    def _fresh_collective_keys():
+        """Every collective strategy starts from the same collective keys, and TensorFlow caches collective
+        parameters per key for the whole process: two MirroredStrategies in one process whose all-reduces differ
+        in shape then fail ("Shape mismatch in the collective instance"). Give each test its own key range, as
+        TensorFlow's own test combinations do."""
+        tf.distribute.MirroredStrategy._collective_key_base += 100000
+        yield
