@@ -74,17 +74,14 @@ def signal_propagation(model, images_or_shape=(8, 64, 64, 3), skip_gain=None, fe
             for b in blocks:
                 b.skip_gain.assign(float(skip_gain))
         if feed == "images":
-            stem = keras.Model(model.inputs, blocks[0].input, name=f"{model.name}_stem_probe")
-            x = stem.predict(x, batch_size=len(x), verbose=0)
+            stem = keras.Model(model.input, blocks[0].input, name=f"{model.name}_stem_probe")
+            x = stem(x, training=False)
         streams, branches = [], []
         for b in blocks:
-            # `b.call` (not `b(...)`) keeps the block's own graph node unique, so `b.input` stays valid.
-            inp = keras.Input(x.shape[1:], dtype=x.dtype)
-            probe = keras.Model(inp, [b.call(inp, training=False), b.residual_branch(inp)],
-                                name=f"{b.name}_probe")
-            x, branch = probe.predict(x, batch_size=len(x), verbose=0)
-            streams.append(x)
-            branches.append(branch)
+            # Eager calls: one-shot evaluation, cheaper than compiling a probe model per block on either backend.
+            branches.append(keras.ops.convert_to_numpy(b.residual_branch(x)))
+            x = b(x, training=False)
+            streams.append(keras.ops.convert_to_numpy(x))
     finally:
         for b, g in zip(blocks, saved):
             b.skip_gain.assign(g)

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SELECTION = " or ".join([
     "forward_shapes", "feature_extraction", "inference_is", "custom_variant", "save_load", "fit_reduces",
-    "mixed_precision", "variable_layout", "unknown_variant", "too_small", "non_rgb", "bad_options",
+    "mixed_bfloat16", "variable_layout", "unknown_variant", "too_small", "non_rgb", "bad_options",
 ])
 
 

@@ -97,7 +97,7 @@ def test_statistics_match_numpy_on_images():
     assert all(set(STAT_KEYS) <= set(s) for s in st)
     for b in model.blocks:
         b.skip_gain.assign(1.0)
-    last = keras.Model(model.inputs, model.blocks[-1].output).predict(images, verbose=0).astype(np.float64)
+    last = keras.Model(model.input, model.blocks[-1].output).predict(images, verbose=0).astype(np.float64)
     flat = last.reshape(-1, last.shape[-1])
     assert st[-1]["avg_channel_var"] == pytest.approx(np.mean(flat.var(axis=0)), rel=1e-4)
     assert st[-1]["mean_sq_channel_mean"] == pytest.approx(np.mean(flat.mean(axis=0) ** 2), rel=1e-3, abs=1e-9)
