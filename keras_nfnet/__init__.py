@@ -18,6 +18,7 @@ _EXPORTS = {
     "NFBlock": "layers",
     "NFNetVariant": "variants",
     "VARIANTS": "variants",
+    "LADDER": "variants",
     "get_variant": "variants",
     "NFNet": "models",
     "count_macs": "flops",
@@ -25,6 +26,25 @@ _EXPORTS = {
     "signal_propagation": "signal_prop",
     # optimisation recipe
     "AGC": "agc",
+    "unit_axes_for_model": "agc",
+    "CoupledDecaySGD": "optimizers",
+    "nfnet_optimizer": "optimizers",
+    "warmup_cosine": "schedules",
+    "peak_learning_rate": "schedules",
+    "EMAWarmup": "ema",
+    "ema_weights": "ema",
+    "SoftmaxCrossEntropy": "losses",
+    "SigmoidCrossEntropy": "losses",
+    # scaling-law studies
+    "RunResult": "scaling.results",
+    "ResultsStore": "scaling.results",
+    "fit_power_law": "scaling.fit",
+    "fit_loss_frontier": "scaling.fit",
+    "fit_allocation": "scaling.fit",
+    "fit_best_lr": "scaling.fit",
+    "load_sweep": "scaling.sweep",
+    "run_sweep": "scaling.sweep",
+    "analyze": "scaling.report",
 }
 
 __all__ = sorted(_EXPORTS)
