@@ -4,8 +4,9 @@ Both read the same corpus in the same run; the table gives records/s and the rat
 (goal >= 0.9). Stages:
   read+parse       records fetched and parsed with tf.io.parse_example (no image decoding)
   decode+augment   + decode, Inception crop, flip, bicubic resize, normalise, batch
-  +RandAugment     + RandAugment(2, 10) (stateless ops here; tf-models-official's stateful RandAugment in the
-                   plain pipeline) and, for the exactly-once pipeline, MixUp/CutMix
+  +RandAugment     + RandAugment(2, 10) (stateless here; tf-models-official's stateful RandAugment in the
+                   plain pipeline)
+  +MixUp/CutMix    + MixUp/CutMix (stateless pairs here, tf-models-official's MixupAndCutmix in the plain one)
 
     python benchmarks/bench_input_pipeline.py                       # builds a 64 px synthetic corpus in /tmp
     python benchmarks/bench_input_pipeline.py --corpus DIR --image_size 224 --batches 100
@@ -39,7 +40,7 @@ def plain_records(files, batch, shuffle_buffer):
             .batch(batch, drop_remainder=True))
 
 
-def plain_train(files, batch, size, shuffle_buffer, randaugment):
+def plain_train(files, batch, size, shuffle_buffer, randaugment, mix=False):
     spec = corpus.feature_spec()
     ra = None
     if randaugment:
@@ -53,11 +54,16 @@ def plain_train(files, batch, size, shuffle_buffer, randaugment):
                                        tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32))
         if ra is not None:
             image = tf.cast(ra.distort(tf.cast(image, tf.uint8)), tf.float32)
-        return preprocess.normalize_image(image), ex["image/class/label"].values[0]
+        return preprocess.normalize_image(image), tf.one_hot(ex["image/class/label"].values[0], 1000)
 
-    return (tf.data.TFRecordDataset(files, num_parallel_reads=2).shuffle(shuffle_buffer).repeat()
-            .map(per_example, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE))
+    ds = (tf.data.TFRecordDataset(files, num_parallel_reads=2).shuffle(shuffle_buffer).repeat()
+          .map(per_example, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True))
+    if mix:
+        from official.vision.ops.augment import MixupAndCutmix
+
+        mixer = MixupAndCutmix(num_classes=1000, mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.0)
+        ds = ds.map(lambda x, y: mixer(x, tf.argmax(y, -1)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def main():
@@ -69,7 +75,7 @@ def main():
     parser.add_argument("--batches", type=int, default=40, help="timed batches per row (after 3 warm-up)")
     parser.add_argument("--shuffle_buffer", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats; the best is reported")
-    parser.add_argument("--stages", default="read+parse,decode+augment,+RandAugment",
+    parser.add_argument("--stages", default="read+parse,decode+augment,+RandAugment,+MixUp/CutMix",
                         help="comma-separated subset of the stages to time")
     args = parser.parse_args()
     corpus_dir = args.corpus
@@ -94,7 +100,12 @@ def main():
          lambda: train_dataset(corpus_dir, "train", b, size, seed=0)),
         ("+RandAugment", "plain (tf-models stateful RA)",
          lambda: plain_train(files, b, size, args.shuffle_buffer, randaugment=True)),
-        ("+RandAugment", "exactly-once (stateless RA+MixUp/CutMix)",
+        ("+RandAugment", "exactly-once (stateless RA)",
+         lambda: train_dataset(corpus_dir, "train", b, size, seed=0, randaugment_layers=2,
+                               randaugment_magnitude=10)),
+        ("+MixUp/CutMix", "plain (tf-models RA + MixupAndCutmix)",
+         lambda: plain_train(files, b, size, args.shuffle_buffer, randaugment=True, mix=True)),
+        ("+MixUp/CutMix", "exactly-once (stateless MixUp/CutMix + RA)",
          lambda: train_dataset(corpus_dir, "train", b, size, seed=0, randaugment_layers=2,
                                randaugment_magnitude=10, mixup_cutmix=True)),
     ]

@@ -1,6 +1,5 @@
 """Converters, on real images that ship inside PyPI wheels (scikit-learn digits, scikit-image photos) and a
 TFDS dataset mocked offline. Nothing is downloaded."""
-import os
 
 import numpy as np
 import pytest

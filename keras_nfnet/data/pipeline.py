@@ -82,7 +82,12 @@ def _make_step_reader(sampler, reader, on_bad_record, pad_beyond=None):
         if pad_beyond is not None:
             ok = positions < pad_beyond
             recs = np.where(ok, recs, 0)
-        payloads, errors = reader.read_many(recs, raise_errors=on_bad_record == "raise")
+        real = np.flatnonzero(ok)  # padding rows read nothing
+        got, got_errors = reader.read_many(recs[real], raise_errors=on_bad_record == "raise")
+        payloads = [b""] * len(rows)
+        for j, i in enumerate(real.tolist()):
+            payloads[i] = got[j]
+        errors = {int(real[j]): message for j, message in got_errors.items()}
         # Only the (shard, record) numbers travel with each row; the graph formats them for error messages.
         shards = (np.searchsorted(reader.starts, recs, side="right") - 1).astype(np.int32)
         problems = np.full(len(rows), b"", dtype=object)
@@ -244,27 +249,29 @@ def train_dataset(corpus_dir, split, global_batch_size, image_size, seed, start_
 
     ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
     ds = ds.map(_make_step_reader(sampler, reader, on_bad_record), num_parallel_calls=2, deterministic=True)
+    translate = 100.0 * image_size / 224.0  # tf-models' constants are for 224 px; keep them proportional
+    cutout = 40.0 * image_size / 224.0
+
+    def rand_augment(e):
+        image = augment_lib.rand_augment(e["image"], e["ra_seed"], randaugment_layers, randaugment_magnitude,
+                                         cutout_const=cutout, translate_const=translate)
+        return dict(e, image=tf.cast(image, tf.float32))
+
+    def mix(b):
+        images, labels = augment_lib.mixup_cutmix(b["image"], b["label"], b["mix"], b["row"], group_size=group)
+        return dict(b, image=images, label=labels)
+
     ds = ds.unbatch().map(builder.per_example, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if randaugment_layers and not mixup_cutmix:  # no mixing: RandAugment in the per-example stage
+        ds = ds.map(rand_augment, num_parallel_calls=num_parallel_calls, deterministic=True)
     ds = ds.batch(batch, drop_remainder=True)
     if on_bad_record == "skip":
         ds = ds.map(_report_stage(bad_record_report))
     if mixup_cutmix:
-        def mix(b):
-            images, labels = augment_lib.mixup_cutmix(b["image"], b["label"], b["mix"], b["row"], group_size=group)
-            return dict(b, image=images, label=labels)
-
         ds = ds.map(mix, num_parallel_calls=num_parallel_calls, deterministic=True)
-    if randaugment_layers:
-        translate = 100.0 * image_size / 224.0  # tf-models' constants are for 224 px; keep them proportional
-        cutout = 40.0 * image_size / 224.0
-
-        def rand_augment(e):
-            image = augment_lib.rand_augment(e["image"], e["ra_seed"], randaugment_layers, randaugment_magnitude,
-                                             cutout_const=cutout, translate_const=translate)
-            return dict(e, image=tf.cast(image, tf.float32))
-
-        ds = ds.unbatch().map(rand_augment, num_parallel_calls=num_parallel_calls, deterministic=True)
-        ds = ds.batch(batch, drop_remainder=True)
+        if randaugment_layers:  # RandAugment follows mixing (NFNET_SPEC section 4): back to examples for it
+            ds = ds.unbatch().map(rand_augment, num_parallel_calls=num_parallel_calls, deterministic=True)
+            ds = ds.batch(batch, drop_remainder=True)
     ds = ds.map(lambda b: _finish(b, on_bad_record, with_info), num_parallel_calls=num_parallel_calls,
                 deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

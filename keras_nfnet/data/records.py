@@ -139,7 +139,7 @@ class RecordReader:
         """The payload bytes of one record; CorruptRecordError naming shard and record if it is bad."""
         if not 0 <= record < self.num_records:
             raise IndexError(f"record {record} out of range [0, {self.num_records})")
-        payloads, errors = self.read_many(np.array([record]), raise_errors=True)
+        payloads, _ = self.read_many(np.array([record]), raise_errors=True)
         return payloads[0]
 
     def read_many(self, recs, raise_errors=True):
