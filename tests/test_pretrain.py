@@ -106,10 +106,8 @@ def test_resume_with_incompatible_config_is_refused(corpus, tmp_path):
                           multi_label=False, examples_per_shard=32)
     with pytest.raises(ValueError, match="corpus_sha256"):
         pretrain(_config(other, max_steps=4), str(tmp_path / "run"))
-    # Changing only how the run executes is fine.
-    result = pretrain(_config(corpus, max_steps=4, log_every_steps=1, checkpoint_every_steps=1),
-                      str(tmp_path / "run"))
-    assert result.step == 4
+    # (Fields that only change how the run executes may change: tests/test_training_config.py; resuming itself:
+    # tests/test_pretrain_kill.py.)
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):

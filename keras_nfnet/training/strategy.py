@@ -50,6 +50,18 @@ def _check_tf_config():
     return cfg
 
 
+def _fresh_collective_keys(make):
+    """Collective-based strategies created in one process start their collective keys at the same base, and a
+    second one then reuses the first one's keys ("Shape mismatch in the collective instance ..."). TensorFlow's
+    own test combinations move the base on for each strategy; do the same, before and after, so strategies made
+    elsewhere in the process do not collide with this one either."""
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    try:
+        return make()
+    finally:
+        tf.distribute.MirroredStrategy._collective_key_base += 100000
+
+
 def make_strategy(kind="default", num_cpu_devices=2, tpu_address=""):
     """The strategy for `kind` (one of KINDS). Call it before any other TensorFlow work."""
     if kind not in KINDS:
@@ -63,7 +75,7 @@ def make_strategy(kind="default", num_cpu_devices=2, tpu_address=""):
         if int(num_cpu_devices) < 1:
             raise ValueError(f"num_cpu_devices must be >= 1; got {num_cpu_devices}.")
         # Default (collective all-reduce) cross-device ops, as on GPUs, so the tested path is the GPU path.
-        return tf.distribute.MirroredStrategy(_logical_cpus(int(num_cpu_devices)))
+        return _fresh_collective_keys(lambda: tf.distribute.MirroredStrategy(_logical_cpus(int(num_cpu_devices))))
     if kind == "multiworker":
         _check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
