@@ -23,13 +23,14 @@ setuptools.setup(
         "matplotlib",  # scaling-law plots
         "werkzeug",  # HTTP request parsing and routing for the local TF-Serving-compatible server
         "waitress",  # production WSGI server behind it
+        "tensorflow-serving-api>=2.20,<2.21",  # PredictionLog protos for TF Serving's warm-up file (matches TF)
+        "scikit-learn",  # real images that ship in the wheel (digits) for the fine-tuning demo and tests
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-timeout",
             "jax[cpu]",
-            "scikit-learn",  # small real image sets that ship in the wheel (digits), for tests and the demo
             "scikit-image",
         ],
     },

@@ -35,6 +35,16 @@ _EXPORTS = {
     "ema_weights": "ema",
     "SoftmaxCrossEntropy": "losses",
     "SigmoidCrossEntropy": "losses",
+    # fine-tuning, export and serving
+    "enable_sam": "sam",
+    "FinetuneConfig": "finetune",
+    "finetune": "finetune",
+    "load_pretrained": "finetune",
+    "replace_head": "finetune",
+    "topk_accuracy": "finetune",
+    "export_for_serving": "export",
+    "ModelServer": "serving",
+    "serve": "serving",
     # scaling-law studies
     "RunResult": "scaling.results",
     "ResultsStore": "scaling.results",
