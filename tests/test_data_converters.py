@@ -62,12 +62,16 @@ def test_image_folder_from_skimage_photos_keeps_jpeg_bytes_and_reencodes_others(
             else:
                 Image.fromarray(img).save(src / cls / f"{k}.jpg", quality=90)
     (src / "cup" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    # a valid JPEG with bytes appended after its end marker (as some cameras write): stored without them
+    (src / "cup" / "trailing.jpg").write_bytes((src / "cup" / "0.jpg").read_bytes() + b"camera trailer")
     out = str(tmp_path / "corpus")
     with pytest.raises(ValueError, match=r"broken.jpg cannot be decoded"):
         convert.convert_image_folder(str(src), out, holdout_fraction=0.0)
     out = str(tmp_path / "corpus2")
     stats = convert.convert_image_folder(str(src), out, holdout_fraction=0.0, on_bad_image="skip")
     assert len(stats["skipped"]) == 1 and "broken.jpg" in stats["skipped"][0]
+    cups = [ex["image"] for ex in _records(out, "train") if ex["labels"][0] == 1]
+    assert cups == [(src / "cup" / "0.jpg").read_bytes()] * 2  # trailer removed, image bytes kept
     exs = {ex["labels"][0]: ex for ex in _records(out, "train")}
     assert exs[0]["image"] == (src / "cat" / "0.jpg").read_bytes()  # stored byte for byte
     grey = tf.io.decode_image(exs[2]["image"], channels=3).numpy()  # PNG re-encoded to JPEG, 3 channels

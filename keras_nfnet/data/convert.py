@@ -38,7 +38,7 @@ def _file_bytes(path, image_format):
             kind = img.format
             img.load()  # full decode: catches truncated files now, not at training time
             if kind in _NATIVE[image_format]:
-                return data
+                return _strip_trailing(data, kind)
             if image_format == "jpeg" and img.mode not in ("RGB", "L"):
                 img = img.convert("RGB")
             buf = io.BytesIO()
@@ -47,6 +47,17 @@ def _file_bytes(path, image_format):
             return buf.getvalue()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"image file {path} cannot be decoded: {err}") from err
+
+
+def _strip_trailing(data, kind):
+    """Drop bytes after the end marker (some cameras and editors append data): the pipeline's cheap integrity
+    check expects a JPEG to end with its EOI marker and a PNG with its IEND chunk."""
+    end = b"\xff\xd9" if kind == "JPEG" else b"IEND\xaeB`\x82"
+    if not data.endswith(end):
+        cut = data.rfind(end)
+        if cut > 0:
+            return data[:cut + len(end)]
+    return data
 
 
 def _holdout_mask(count, fraction, rng):
