@@ -194,3 +194,30 @@ def test_bad_arguments_are_clear_errors(corpus_dir):
         train_dataset(corpus_dir, "train", 8, SIZE, seed=0, input_context=ctx, mixup_cutmix=True)
     with pytest.raises(ValueError, match="start_step"):
         train_dataset(corpus_dir, "train", 8, SIZE, seed=0, start_step=-1)
+
+
+def test_keras_fit_and_evaluate_consume_the_datasets(corpus_dir):
+    import keras
+
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(6)])
+    model.compile("sgd", keras.losses.CategoricalCrossentropy(from_logits=True),
+                  weighted_metrics=[keras.metrics.CategoricalCrossentropy(from_logits=True, name="xent")])
+    hist = model.fit(train_dataset(corpus_dir, "train", 8, SIZE, seed=0), steps_per_epoch=3, epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+    # A weighted metric over the padded holdout equals the mean loss over the 11 real examples. (Keras' own
+    # loss divides by the batch size, padding included: it reports 11/12 of that, so use weighted_metrics.)
+    results = model.evaluate(eval_dataset(corpus_dir, "holdout", 4, SIZE), verbose=0, return_dict=True)
+    weighted = results["xent"]
+    xs, ys = [], []
+    for x, y, w in eval_dataset(corpus_dir, "holdout", 4, SIZE):
+        keep = w.numpy() > 0
+        xs.append(x.numpy()[keep])
+        ys.append(y.numpy()[keep])
+    logits = model.predict(np.concatenate(xs), verbose=0)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    y = np.concatenate(ys)
+    expected = float(np.mean(-(y * logp).sum(1)))
+    assert len(y) == 11
+    np.testing.assert_allclose(weighted, expected, rtol=1e-4)
+    np.testing.assert_allclose(results["loss"], expected * 11 / 12, rtol=1e-4)
