@@ -148,3 +148,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(corpus, tmp_path):
     step = int(re.search(r"preempted at step (\d+)/48", output).group(1))
     assert 4 <= step < 48
     assert f"ckpt-{step:09d}" in os.listdir(checkpoints)
+
+
+def test_command_reports_a_bad_config_without_a_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    proc = subprocess.run([sys.executable, "trainers/pretrain.py", "--config",
+                           "trainers/configs/cpu_tiny.py:corpus=/nonexistent,variant=F99,epochs=0",
+                           "--workdir", str(tmp_path / "run")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    for needle in ("unknown variant 'F99'", "epoch budget", "corpus /nonexistent is missing"):
+        assert needle in proc.stderr
+    assert not (tmp_path / "run").exists()
