@@ -181,12 +181,15 @@ def pretrain(config, workdir, strategy=None):
                                                                     config.global_batch_size),
                  checkpointing, heldout]
 
-    if start_step < last_step:
-        epoch_len = min(config.eval_every_steps, last_step)
-        model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // epoch_len),
-                  initial_epoch=start_step // epoch_len, steps_per_epoch=epoch_len, callbacks=callbacks,
-                  verbose=config.verbose if chief else 0)
-    preemption.restore()
+    try:
+        if start_step < last_step:
+            epoch_len = min(config.eval_every_steps, last_step)
+            model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // epoch_len),
+                      initial_epoch=start_step // epoch_len, steps_per_epoch=epoch_len, callbacks=callbacks,
+                      verbose=config.verbose if chief else 0)
+    finally:
+        preemption.restore()
+        writer.flush()
     step = global_step_of(model)
     if guard.diverged is not None:
         bad_step, what = guard.diverged
