@@ -10,7 +10,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["keras_nfnet", "keras_nfnet.*"]),
     install_requires=[
-        # tf-models-official 2.20 pins TensorFlow to 2.20.x; accept that pin (shared/DESIGN.md).
+        # tf-models-official 2.20 pins TensorFlow to 2.20.x; accept that pin.
         "tensorflow>=2.20,<2.21",
         "keras>=3.10,<4",
         "tensorflow-datasets>=4.9",
