@@ -19,6 +19,8 @@ setuptools.setup(
         "tensorboard>=2.20",
         "absl-py",
         "numpy",
+        "google-crc32c",  # CRC-32C of TFRecord framing, checked on every random-access read
+        "pillow",  # fast JPEG/PNG encoding in the corpus producers
         "scipy",  # curve fitting with uncertainty for the scaling-law analysis
         "matplotlib",  # scaling-law plots
         "werkzeug",  # HTTP request parsing and routing for the local TF-Serving-compatible server
