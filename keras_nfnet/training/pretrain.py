@@ -186,6 +186,7 @@ def pretrain(config, workdir, strategy=None):
             epoch_len = min(config.eval_every_steps, last_step)
             model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // epoch_len),
                       initial_epoch=start_step // epoch_len, steps_per_epoch=epoch_len, callbacks=callbacks,
+                      shuffle=False,  # the stream is already shuffled, per epoch, by the exactly-once sampler
                       verbose=config.verbose if chief else 0)
     finally:
         preemption.restore()
