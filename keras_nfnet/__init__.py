@@ -35,6 +35,7 @@ _EXPORTS = {
     "ema_weights": "ema",
     "SoftmaxCrossEntropy": "losses",
     "SigmoidCrossEntropy": "losses",
+    "recipe_loss": "losses",
     # corpus and input pipeline
     "CorpusWriter": "data.corpus",
     "CorpusInfo": "data.corpus",
@@ -59,6 +60,13 @@ _EXPORTS = {
     "export_for_serving": "export",
     "ModelServer": "serving",
     "serve": "serving",
+    # pretraining
+    "pretrain": "training.pretrain",
+    "PretrainConfig": "training.config",
+    "load_config": "training.config",
+    "make_strategy": "training.strategy",
+    "CheckpointManager": "training.checkpoint",
+    "ComputeClock": "training.compute",
     # scaling-law studies
     "RunResult": "scaling.results",
     "ResultsStore": "scaling.results",

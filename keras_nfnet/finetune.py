@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
+from keras_nfnet.losses import recipe_loss
 from keras_nfnet.models import NFNet
 from keras_nfnet.optimizers import nfnet_optimizer
 from keras_nfnet.sam import REDUCTIONS, enable_sam
@@ -268,8 +269,7 @@ def finetune(config, workdir, strategy=None):
                                     clip_factor=config.agc_clip if config.agc_clip > 0 else None,
                                     momentum=config.momentum, use_ema=config.ema, ema_max_decay=config.ema_max_decay)
         model.compile(optimizer=optimizer, jit_compile=False,
-                      loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                                label_smoothing=config.label_smoothing))
+                      loss=recipe_loss(info.multi_label, config.label_smoothing))
         if config.sam_rho > 0:
             enable_sam(model, rho=config.sam_rho, reduction=config.sam_reduction)
         optimizer.build(model.trainable_variables)

@@ -121,3 +121,12 @@ def _is_symbolic(x):
 
         return isinstance(x, jax.core.Tracer)
     return False
+
+
+def recipe_loss(multi_label, label_smoothing=0.0, reduction="sum_over_batch_size"):
+    """The loss the NFNet recipes train and evaluate with: sigmoid cross-entropy summed over classes for
+    multi-label corpora (JFT-style pretraining), softmax cross-entropy otherwise. `reduction=None` gives the
+    per-example loss (held-out evaluation weighs out padding rows itself)."""
+    if multi_label:
+        return SigmoidCrossEntropy(class_reduction="sum", label_smoothing=label_smoothing, reduction=reduction)
+    return SoftmaxCrossEntropy(label_smoothing=label_smoothing, reduction=reduction)

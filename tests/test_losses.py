@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_nfnet.losses import SigmoidCrossEntropy, SoftmaxCrossEntropy
+from keras_nfnet.losses import SigmoidCrossEntropy, SoftmaxCrossEntropy, recipe_loss
 
 
 def numpy_softmax_xent(labels, logits, smoothing):
@@ -94,3 +94,18 @@ def test_bad_arguments():
         SoftmaxCrossEntropy()(np.zeros((2, 4), np.float32), logits)
     with pytest.raises(ValueError, match="multi-hot labels"):
         SigmoidCrossEntropy()(np.zeros((2, 4), np.float32), logits)
+
+
+def test_recipe_loss_sums_sigmoid_over_classes_and_gives_per_example_values():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(6, 30)).astype(np.float32)
+    multi_hot = (rng.random((6, 30)) < 0.1).astype(np.float32)
+    # JFT-style: summed over classes, so the gradient does not shrink with the class count.
+    np.testing.assert_allclose(value(recipe_loss(True)(multi_hot, logits)), numpy_sigmoid_xent(multi_hot, logits),
+                               rtol=1e-5)
+    one_hot = np.eye(30, dtype=np.float32)[rng.integers(0, 30, 6)]
+    np.testing.assert_allclose(value(recipe_loss(False, 0.1)(one_hot, logits)),
+                               numpy_softmax_xent(one_hot.argmax(-1), logits, 0.1), rtol=1e-5)
+    per_example = keras.ops.convert_to_numpy(recipe_loss(True, reduction=None)(multi_hot, logits))
+    assert per_example.shape == (6,)
+    np.testing.assert_allclose(per_example.mean(), numpy_sigmoid_xent(multi_hot, logits), rtol=1e-5)

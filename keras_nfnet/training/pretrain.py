@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
+from keras_nfnet.losses import recipe_loss
 from keras_nfnet.models import NFNet
 from keras_nfnet.optimizers import nfnet_optimizer
 from keras_nfnet.training import callbacks as cb
@@ -53,27 +54,6 @@ class PretrainResult:
     workdir: str
     tensorboard_dir: str
     weights_sha256: str         # fingerprint of the final weights (equal on every worker of a synchronous job)
-
-
-def per_example_loss_fn(multi_label, label_smoothing=0.0):
-    """Per-example loss on logits: sigmoid cross-entropy for multi-label corpora (JFT-style), softmax
-    cross-entropy for single-label ones."""
-    if multi_label:
-        def loss(labels, logits):
-            if label_smoothing:
-                labels = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
-            return keras.losses.binary_crossentropy(labels, logits, from_logits=True)
-    else:
-        def loss(labels, logits):
-            return keras.losses.categorical_crossentropy(labels, logits, from_logits=True,
-                                                         label_smoothing=label_smoothing)
-    return loss
-
-
-def _training_loss(multi_label, label_smoothing):
-    if multi_label:
-        return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
 
 
 def _corpus_fingerprint(corpus_dir):
@@ -137,7 +117,7 @@ def pretrain(config, workdir, strategy=None):
                                     warmup_steps=warmup, weight_decay=config.weight_decay,
                                     clip_factor=config.agc_clip if config.agc_clip > 0 else None,
                                     momentum=config.momentum)
-        model.compile(optimizer=optimizer, loss=_training_loss(info.multi_label, config.label_smoothing),
+        model.compile(optimizer=optimizer, loss=recipe_loss(info.multi_label, config.label_smoothing),
                       steps_per_execution=config.steps_per_execution,
                       jit_compile=keras_workarounds.resolve_jit_compile(strategy, config.jit_compile))
         optimizer.build(model.trainable_variables)
@@ -170,7 +150,7 @@ def pretrain(config, workdir, strategy=None):
 
     evaluator = HeldOutEvaluator(model, strategy, config.corpus, config.heldout_split,
                                  _eval_batch(config.global_batch_size, replicas), eval_size,
-                                 per_example_loss_fn(info.multi_label))
+                                 recipe_loss(info.multi_label, reduction=None))
     guard = cb.DivergenceGuard()
     preemption = cb.PreemptionSignal()
     state_fn = lambda: {"compute": clock.state(), "data_position": global_step_of(model),  # noqa: E731
