@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 
 import keras
@@ -54,6 +55,12 @@ class PretrainResult:
     workdir: str
     tensorboard_dir: str
     weights_sha256: str         # fingerprint of the final weights (equal on every worker of a synchronous job)
+
+
+def _progress_mode(verbose):
+    """The Keras progress bar redraws one line: fine in a terminal, noise in a log file, where one line per
+    interval (verbose=2) reads better."""
+    return 2 if verbose == 1 and not sys.stdout.isatty() else verbose
 
 
 def _corpus_fingerprint(corpus_dir):
@@ -167,7 +174,7 @@ def pretrain(config, workdir, strategy=None):
             model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // epoch_len),
                       initial_epoch=start_step // epoch_len, steps_per_epoch=epoch_len, callbacks=callbacks,
                       shuffle=False,  # the stream is already shuffled, per epoch, by the exactly-once sampler
-                      verbose=config.verbose if chief else 0)
+                      verbose=_progress_mode(config.verbose) if chief else 0)
     finally:
         preemption.restore()
         writer.flush()
