@@ -14,19 +14,17 @@ import tempfile
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from keras_nfnet.finetune import FinetuneConfig, finetune  # noqa: E402
+from keras_nfnet.finetune import config_from_flags, define_flags, finetune  # noqa: E402
+from keras_nfnet import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where the two runs go (default: a temporary directory).")
-_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
-for _field in dataclasses.fields(FinetuneConfig):
-    _DEFINE[_field.type if isinstance(_field.type, type) else eval(_field.type)](
-        _field.name, _field.default, f"FinetuneConfig.{_field.name}")
+define_flags()
 
 
 def main(argv):
     del argv
-    config = FinetuneConfig(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(FinetuneConfig)})
+    config = config_from_flags()
     if not config.source:
         raise app.UsageError("--source (a pretraining workdir or .keras file) is required")
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="ft_vs_scratch_")
@@ -44,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,6 +11,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_nfnet.data import convert  # noqa: E402
+from keras_nfnet import cli  # noqa: E402
 
 flags.DEFINE_string("name", None, "TFDS dataset name, e.g. mnist or imagenet2012")
 flags.DEFINE_string("out", None, "output corpus directory (must not already hold a corpus)")
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

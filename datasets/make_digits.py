@@ -15,6 +15,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_nfnet.data.corpus import CorpusWriter  # noqa: E402
+from keras_nfnet import cli  # noqa: E402
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -63,4 +64,4 @@ if __name__ == "__main__":
     flags.DEFINE_float("test_fraction", 0.25, "fraction of each class in the test split")
     flags.DEFINE_integer("seed", 0, "seed of the split and the write order")
     flags.mark_flag_as_required("out")
-    app.run(main)
+    cli.run(main)

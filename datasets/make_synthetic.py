@@ -10,6 +10,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_nfnet.data import synthetic  # noqa: E402
+from keras_nfnet import cli  # noqa: E402
 
 flags.DEFINE_string("out", None, "output corpus directory (must not already hold a corpus)")
 flags.DEFINE_integer("num_images", 10000, "training images")
@@ -38,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

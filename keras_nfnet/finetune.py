@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+import typing
 
 import keras
 import numpy as np
@@ -78,6 +79,25 @@ class FinetuneConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def define_flags(flag_values=None):
+    """Define one absl flag per FinetuneConfig field (same name, same default): the command-line apps' flags."""
+    from absl import flags
+
+    flag_values = flag_values or flags.FLAGS
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+    types = typing.get_type_hints(FinetuneConfig)
+    for field in dataclasses.fields(FinetuneConfig):
+        define[types[field.name]](field.name, field.default, f"FinetuneConfig.{field.name}", flag_values=flag_values)
+
+
+def config_from_flags(flag_values=None):
+    """The FinetuneConfig that the flags of `define_flags` describe."""
+    from absl import flags
+
+    flag_values = flag_values or flags.FLAGS
+    return FinetuneConfig(**{f.name: flag_values[f.name].value for f in dataclasses.fields(FinetuneConfig)})
 
 
 def validate(config):

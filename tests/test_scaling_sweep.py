@@ -197,5 +197,5 @@ def test_command_line_dry_run_and_errors(tmp_path):
     assert not (tmp_path / "w" / "runs").exists()  # a dry run trains nothing
     bad = subprocess.run(base + ["--sweep", f"{sweep_file}:colour=red", "--mode", "plan"], env=env,
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "error: sweep file" in bad.stderr and "'colour'" in bad.stderr
+    assert bad.returncode == 2 and "error: config file" in bad.stderr and "'colour'" in bad.stderr
     assert "Traceback" not in bad.stderr

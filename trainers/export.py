@@ -11,6 +11,7 @@ import json
 import os
 
 from absl import app, flags
+from keras_nfnet import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("finetune_workdir", None, "A fine-tuning work directory (reads its results.json).")
@@ -55,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,28 +6,24 @@
 Every field of `keras_nfnet.finetune.FinetuneConfig` is a flag of the same name (defaults: the NFNet fine-tuning
 recipe). Without --source the same architecture (--variant) is trained from scratch with the same budget.
 """
-import dataclasses
 import logging
 
 from absl import app, flags
 
-from keras_nfnet.finetune import FinetuneConfig, finetune
+from keras_nfnet.finetune import config_from_flags, define_flags, finetune
+from keras_nfnet import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for results.json, model.keras, model_ema.keras, TensorBoard logs.")
 flags.mark_flag_as_required("workdir")
-_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
-for _field in dataclasses.fields(FinetuneConfig):
-    _DEFINE[_field.type if isinstance(_field.type, type) else eval(_field.type)](
-        _field.name, _field.default, f"FinetuneConfig.{_field.name}")
+define_flags()
 
 
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = FinetuneConfig(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(FinetuneConfig)})
-    finetune(config, FLAGS.workdir)
+    finetune(config_from_flags(), FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

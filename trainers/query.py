@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 from absl import app, flags
+from keras_nfnet import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("url", "http://127.0.0.1:8501/v1/models/model", "The model's URL: http://host:port/v1/models/<name>")
@@ -67,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

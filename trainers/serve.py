@@ -10,6 +10,7 @@ import logging
 from absl import app, flags
 
 from keras_nfnet import serving
+from keras_nfnet import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_base_path", None, "Directory holding numeric version sub-directories of one model.")
@@ -39,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

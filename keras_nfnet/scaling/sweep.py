@@ -12,7 +12,6 @@ run_id and directory, and the trainer resumes it from its last checkpoint) and l
 run after another here (`run_sweep`) or as independent cluster jobs (`PlannedRun.command`, then `collect`).
 """
 import dataclasses
-import importlib.util
 import math
 import os
 import shlex
@@ -22,6 +21,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from keras_nfnet.scaling import lr_search
+from keras_nfnet.training import config as config_lib
 from keras_nfnet.scaling.results import ResultsStore, RunResult
 
 # Fields of the pretraining config that the sweep sets per run; `shared` may not override them.
@@ -95,28 +95,8 @@ class SweepSpec:
 
 def load_sweep(spec: str) -> SweepSpec:
     """Loads 'path.py[:key=value,...]': the file's get_sweep(**overrides) returns a dict of SweepSpec fields."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"sweep file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"_sweep_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise ValueError(f"sweep file {path} must define get_sweep(**overrides) returning a dict of fields")
-    overrides = {}
-    for item in filter(None, (s.strip() for s in arg.split(","))):
-        if "=" not in item:
-            raise ValueError(f"sweep override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value.strip()
-    try:
-        fields = module.get_sweep(**overrides)
-    except TypeError as e:
-        import inspect
-
-        accepted = [n for n in inspect.signature(module.get_sweep).parameters]
-        raise ValueError(f"sweep file {path} does not accept the overrides {sorted(overrides)} ({e}); it accepts "
-                         f"{accepted}") from None
+    path = spec.partition(":")[0]
+    fields, _ = config_lib.call_config_file(spec, "get_sweep")
     names = {f.name for f in dataclasses.fields(SweepSpec)}
     unknown = sorted(set(fields) - names)
     if unknown:

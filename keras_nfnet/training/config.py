@@ -12,6 +12,7 @@ happen (strategy, steps per execution, checkpoint and eval intervals, logging) m
 """
 import dataclasses
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -118,20 +119,33 @@ def apply_overrides(config, overrides):
     return dataclasses.replace(config, **{k: _parse_value(k, v) for k, v in overrides.items()})
 
 
-def load_config(spec, extra_overrides=()):
-    """Load 'path.py[:key=value,...]' and apply `extra_overrides` ('key=value' strings) -> PretrainConfig."""
+def call_config_file(spec, function, extra_overrides=()):
+    """Run `function(**overrides)` of the Python config file named by 'path.py[:key=value,...]'.
+
+    Overrides from the spec and then from `extra_overrides` ('key=value' strings) are passed as strings; the
+    file decides what they mean. Used for run configs (get_config) and sweep declarations (get_sweep)."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} does not exist.")
     module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path} must define get_config(**overrides) returning a dict of fields.")
+    if not hasattr(module, function):
+        raise ValueError(f"config file {path} must define {function}(**overrides) returning a dict of fields.")
     overrides = parse_overrides(arg)
     for item in extra_overrides:
         overrides.update(parse_overrides(item))
-    base = module.get_config(**overrides)
+    try:
+        return getattr(module, function)(**overrides), overrides
+    except TypeError as e:
+        accepted = list(inspect.signature(getattr(module, function)).parameters)
+        raise ValueError(f"config file {path} does not accept the overrides {sorted(overrides)} ({e}); it "
+                         f"accepts {accepted}.") from None
+
+
+def load_config(spec, extra_overrides=()):
+    """Load 'path.py[:key=value,...]' and apply `extra_overrides` ('key=value' strings) -> PretrainConfig."""
+    base, overrides = call_config_file(spec, "get_config", extra_overrides)
     if isinstance(base, PretrainConfig):
         base = base.to_dict()
     config = apply_overrides(PretrainConfig(), base)
