@@ -73,11 +73,14 @@ def _check_image_bytes(image_bytes):
     known = tf.zeros_like(image_bytes, dtype=tf.bool)
     for magic, length in _MAGIC:
         known = known | tf.equal(tf.strings.substr(image_bytes, 0, length), magic)
-    first_bad = tf.argmin(tf.cast(known, tf.int32), output_type=tf.int32)
-    return tf.debugging.Assert(
-        tf.reduce_all(known),
-        [f"{BYTES_INPUT}[i] is not a JPEG, PNG, GIF or BMP image; first bad index i =", first_bad],
-    )
+    # The padded 1 keeps argmin defined on an empty batch, which gets its own message below.
+    first_bad = tf.argmin(tf.concat([tf.cast(known, tf.int32), [1]], 0), output_type=tf.int32)
+    not_empty = tf.debugging.Assert(tf.size(image_bytes) > 0, [f"{BYTES_INPUT} is empty: send at least one image"])
+    with tf.control_dependencies([not_empty]):
+        return tf.debugging.Assert(
+            tf.reduce_all(known),
+            [f"{BYTES_INPUT}[i] is not a JPEG, PNG, GIF or BMP image; first bad index i =", first_bad],
+        )
 
 
 def _build_endpoints(model, image_size, top_k, class_table, apply_softmax):
@@ -226,5 +229,5 @@ def export_for_serving(
 def read_class_names(export_dir):
     """The class names shipped with an export (line i = class i)."""
     with open(os.path.join(export_dir, "assets", CLASS_NAMES_ASSET), encoding="utf-8") as f:
-        return f.read().splitlines()
+        return f.read().split("\n")[:-1]  # not splitlines(): names may hold \x0c or \u2028
 

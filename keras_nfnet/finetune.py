@@ -125,12 +125,15 @@ def validate(config):
         raise ValueError("stochastic_depth_rate must be in [0, 1) and dropout_rate < 1")
     if config.ema and not 0 < config.ema_max_decay < 1:
         raise ValueError(f"ema_max_decay must be in (0, 1); got {config.ema_max_decay}")
+    if not 0 <= config.warmup_epochs < config.epochs:
+        raise ValueError(f"warmup_epochs must be in [0, epochs={config.epochs:g}); got {config.warmup_epochs:g}")
 
 
 # --- the pretrained model -------------------------------------------------------------------------------------
 
 def _checkpoint_weights(source):
     """(weights file, pretrain config dict) for a pretrain workdir or one of its checkpoint directories."""
+    source = os.path.normpath(source)  # "ckpt-00120/" (shell completion) names the same directory
     if os.path.isfile(os.path.join(source, WEIGHTS_FILE)):
         weights, workdir = os.path.join(source, WEIGHTS_FILE), os.path.dirname(os.path.dirname(source))
     else:
@@ -267,7 +270,8 @@ def finetune(config, workdir, strategy=None):
     image_size = config.image_size or row.test_image_size
     eval_size = config.eval_image_size or image_size + 32
     steps = max(1, int(round(config.epochs * num_train / config.global_batch_size)))
-    warmup = int(round(config.warmup_epochs * num_train / config.global_batch_size))
+    # Rounding can make warmup reach the whole (tiny) run; the cosine needs at least one step after it.
+    warmup = min(int(round(config.warmup_epochs * num_train / config.global_batch_size)), steps - 1)
     dropout = None if config.dropout_rate < 0 else config.dropout_rate
     print(f"fine-tuning {variant} {'from ' + config.source if pretrained is not None else 'from scratch'} on "
           f"{config.corpus} ({info.num_classes} classes, {num_train} train images) at {image_size} px: {steps} "

@@ -194,6 +194,8 @@ class ModelServer:
         if not isinstance(body, dict):
             raise ClientError("request body must be a JSON object with 'instances' or 'inputs'")
         signature_name = body.get("signature_name") or "serving_default"
+        if not isinstance(signature_name, str):
+            raise ClientError(f"signature_name must be a string; got {signature_name!r}")
         if signature_name not in self._signatures:
             raise ClientError(f"Serving signature name: \"{signature_name}\" not found in signature def; "
                               f"available: {sorted(self._signatures)}")
@@ -271,15 +273,15 @@ class ModelServer:
             raise ClientError(f"input '{name}': examples must all have the same shape") from None
         if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
             raise ClientError(f"input '{name}' must be a (nested) list of numbers of one shape")
+        if not spec.shape.is_compatible_with(array.shape) or array.size == 0:
+            raise ClientError(f"input '{name}' has shape {list(array.shape)}; expected {spec.shape.as_list()} "
+                              "(None = any size, each at least 1)")
         dtype = spec.dtype.as_numpy_dtype
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             if not np.all(np.isfinite(array)) or array.min() < info.min or array.max() > info.max \
                     or np.any(array != np.round(array)):
                 raise ClientError(f"input '{name}' must hold integers in [{info.min}, {info.max}] ({spec.dtype.name})")
-        if not spec.shape.is_compatible_with(array.shape):
-            raise ClientError(f"input '{name}' has shape {list(array.shape)}; expected {spec.shape.as_list()} "
-                              "(None = any size)")
         return tf.constant(array.astype(dtype))
 
 

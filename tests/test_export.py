@@ -189,6 +189,13 @@ def test_jpeg_bytes_match_decoded_jpeg(exported):
     np.testing.assert_allclose(got, _keras_probabilities(model, decoded), atol=1e-5, rtol=0)
 
 
+def test_empty_batch_is_a_clear_error(exported):
+    _, _, path = exported
+    loaded = tf.saved_model.load(path)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes is empty"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([], dtype=tf.string))
+
+
 def test_truncated_jpeg_is_a_clear_error(exported):
     _, _, path = exported
     loaded = tf.saved_model.load(path)

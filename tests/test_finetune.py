@@ -125,6 +125,7 @@ def test_finetune_job_end_to_end(tmp_path):
     ({"repeats": 3}, "divide global_batch_size"),
     ({"sam_reduction": "mean"}, "sam_reduction"),
     ({"source": "/nonexistent/run"}, "does not exist"),
+    ({"epochs": 1.0, "warmup_epochs": 1.0}, "warmup_epochs must be in"),
 ])
 def test_bad_config(tmp_path, change, message):
     config = dataclasses.replace(ft.FinetuneConfig(corpus=_corpus(tmp_path / "c", 6, 6), variant="tiny",

@@ -209,6 +209,10 @@ def _bad_requests():
         ("ragged images", "POST", predict, {"signature_name": "predict_images",
                                             "instances": [[[[1, 2, 3]] * 4] * 4, [[[1, 2, 3]] * 3] * 4]}, None, 400,
          "same shape"),
+        ("empty image", "POST", predict, {"signature_name": "predict_images", "instances": [[]]}, None, 400,
+         "has shape"),
+        ("signature name not a string", "POST", predict, {"signature_name": ["x"], "instances": [{"b64": png}]},
+         None, 400, "must be a string"),
         ("GET on predict", "GET", predict, None, None, 405, "POST"),
         ("unknown path", "GET", "/v2/whatever", None, None, 404, "no such resource"),
     ]

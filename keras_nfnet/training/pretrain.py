@@ -168,37 +168,40 @@ def pretrain(config, workdir, strategy=None):
                                                                     config.global_batch_size),
                  checkpointing, heldout]
 
-    try:
-        if start_step < last_step:
-            epoch_len = min(config.eval_every_steps, last_step)
-            model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // epoch_len),
-                      initial_epoch=start_step // epoch_len, steps_per_epoch=epoch_len, callbacks=callbacks,
-                      shuffle=False,  # the stream is already shuffled, per epoch, by the exactly-once sampler
-                      verbose=_progress_mode(config.verbose) if chief else 0)
+    try:  # the event writer is closed however the run ends (divergence, preemption, an error in fit)
+        try:
+            if start_step < last_step:
+                epoch_len = min(config.eval_every_steps, last_step)
+                model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // epoch_len),
+                          initial_epoch=start_step // epoch_len, steps_per_epoch=epoch_len, callbacks=callbacks,
+                          shuffle=False,  # the stream is already shuffled, per epoch, by the exactly-once sampler
+                          verbose=_progress_mode(config.verbose) if chief else 0)
+        finally:
+            preemption.restore()
+            writer.flush()
+        step = global_step_of(model)
+        if guard.diverged is not None:
+            bad_step, what = guard.diverged
+            what = f"the loss became {what}" if isinstance(what, float) else what
+            kept = manager.latest_step()
+            raise cb.TrainingDiverged(
+                f"training diverged: {what} at step {bad_step}. The last good checkpoint "
+                f"({manager.path(kept) if kept is not None else 'none'}) is intact; lower base_learning_rate "
+                f"(now {config.base_learning_rate}) or agc_clip (now {config.agc_clip}) and start a new workdir.")
+        if start_step >= last_step and not heldout.history:
+            heldout._evaluate(step)  # the run was already complete: report its held-out loss again
+        preempted = checkpointing.preempted_at is not None
+        status = "done" if step >= steps_total else ("preempted" if preempted else "stopped")
+        result = PretrainResult(status, step, steps_total, heldout.history[-1][1] if heldout.history else math.nan,
+                                clock.flops, clock.device_hours, os.path.abspath(workdir), os.path.abspath(tb_dir),
+                                weights_fingerprint(model))
+        if chief and status == "done":
+            tmp = os.path.join(workdir, "result.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(dataclasses.asdict(result), f, indent=1)
+            os.replace(tmp, os.path.join(workdir, "result.json"))
     finally:
-        preemption.restore()
-        writer.flush()
-    step = global_step_of(model)
-    if guard.diverged is not None:
-        bad_step, what = guard.diverged
-        what = f"the loss became {what}" if isinstance(what, float) else what
-        kept = manager.latest_step()
-        raise cb.TrainingDiverged(
-            f"training diverged: {what} at step {bad_step}. The last good checkpoint "
-            f"({manager.path(kept) if kept is not None else 'none'}) is intact; lower base_learning_rate "
-            f"(now {config.base_learning_rate}) or agc_clip (now {config.agc_clip}) and start a new workdir.")
-    if start_step >= last_step and not heldout.history:
-        heldout._evaluate(step)  # the run was already complete: report its held-out loss again
-    status = "done" if step >= steps_total else ("preempted" if checkpointing.preempted_at is not None else "stopped")
-    result = PretrainResult(status, step, steps_total, heldout.history[-1][1] if heldout.history else math.nan,
-                            clock.flops, clock.device_hours, os.path.abspath(workdir), os.path.abspath(tb_dir),
-                            weights_fingerprint(model))
-    if chief and status == "done":
-        tmp = os.path.join(workdir, "result.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(dataclasses.asdict(result), f, indent=1)
-        os.replace(tmp, os.path.join(workdir, "result.json"))
-    writer.close()
+        writer.close()
     return result
 
 
