@@ -118,18 +118,26 @@ class RecordReader:
     def __init__(self, shard_paths, indexes=None, check_crc=True):
         self.shard_paths = list(shard_paths)
         self.names = [os.path.basename(p) for p in self.shard_paths]
-        self.indexes = [read_index(p) if indexes is None else indexes[i] for i, p in enumerate(self.shard_paths)]
-        counts = np.array([len(ix) for ix in self.indexes], dtype=np.int64)
+        indexes = [read_index(p) if indexes is None else indexes[i] for i, p in enumerate(self.shard_paths)]
+        counts = np.array([len(ix) for ix in indexes], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self.num_records = int(self.starts[-1])
+        # One [num_records, 2] array of (offset, payload_length), in global record order.
+        self.index = np.concatenate(indexes).astype(np.int64) if indexes else np.zeros([0, 2], np.int64)
         self.check_crc = check_crc
         self._fds = {}
         self._pid = None
 
     def locate(self, record):
         """Global record number -> (shard number, record number within the shard)."""
-        shard = int(np.searchsorted(self.starts, record, side="right") - 1)
-        return shard, int(record - self.starts[shard])
+        shards, locals_ = self.locate_many(np.array([record]))
+        return int(shards[0]), int(locals_[0])
+
+    def locate_many(self, recs):
+        """Global record numbers (int array) -> (shard numbers int32, record numbers within the shard int64)."""
+        recs = np.asarray(recs, dtype=np.int64)
+        shards = np.searchsorted(self.starts, recs, side="right") - 1
+        return shards.astype(np.int32), recs - self.starts[shards]
 
     def where(self, record):
         shard, local = self.locate(record)
@@ -146,42 +154,43 @@ class RecordReader:
         """Payloads of global record numbers `recs` (int array), in order.
 
         Returns (payloads, errors): errors maps a position in `recs` to the CorruptRecordError message of a bad
-        record (its payload is b""); with raise_errors=True the first bad record raises instead. The lookup is
-        vectorised; the loop does only the pread and the CRC checks.
+        record (its payload is b""); with raise_errors=True the first bad record raises instead. Lookups are
+        vectorised; the loop (this is the pipeline's per-record Python cost) does only the pread and the checks.
         """
         recs = np.asarray(recs, dtype=np.int64)
-        shards = np.searchsorted(self.starts, recs, side="right") - 1
-        locals_ = recs - self.starts[shards]
+        shards, _ = self.locate_many(recs)
+        offsets, lengths = self.index[recs].T
         payloads, errors = [], {}
-        check = self.check_crc
-        crc = masked_crc32c
+        check, crc = self.check_crc, masked_crc32c
         if self._pid != os.getpid():  # a forked child must not share the parent's descriptors
             self._fds, self._pid = {}, os.getpid()
-        indexes, fds = self.indexes, self._fds
-        for i, (shard, local) in enumerate(zip(shards.tolist(), locals_.tolist())):
-            offset, length = indexes[shard][local].tolist()
+        fds = self._fds
+        for i, (shard, offset, length) in enumerate(zip(shards.tolist(), offsets.tolist(), lengths.tolist())):
             fd = fds.get(shard)
             if fd is None:
                 fd = fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
             data = os.pread(fd, length + FRAME_BYTES, offset)
-            problem = None
-            if len(data) != length + FRAME_BYTES:
-                problem = f"truncated (read {len(data)} of {length + FRAME_BYTES} bytes at byte {offset})"
-            elif int.from_bytes(data[:8], "little") != length:
-                problem = (f"index does not match shard (index length {length}, stored length "
-                           f"{int.from_bytes(data[:8], 'little')} at byte {offset})")
-            else:  # the stored length already equals the index's, so only the payload CRC is checked here
-                payload = data[HEADER_BYTES:HEADER_BYTES + length]
-                if check and int.from_bytes(data[HEADER_BYTES + length:], "little") != crc(payload):
-                    problem = "payload checksum mismatch (corrupt record)"
-            if problem is not None:
-                message = f"shard {self.names[shard]} record {local}: {problem}"
+            payload = data[HEADER_BYTES:HEADER_BYTES + length]
+            # The length field is compared with the index's (a stale index), then the payload CRC.
+            if (len(data) != length + FRAME_BYTES or int.from_bytes(data[:8], "little") != length
+                    or (check and int.from_bytes(data[HEADER_BYTES + length:], "little") != crc(payload))):
+                message = f"{self.where(int(recs[i]))}: {self._problem(data, offset, length)}"
                 if raise_errors:
                     raise CorruptRecordError(message)
                 errors[i] = message
                 payload = b""
             payloads.append(payload)
         return payloads, errors
+
+    @staticmethod
+    def _problem(data, offset, length):
+        """Why a record read by `read_many` failed its checks."""
+        if len(data) != length + FRAME_BYTES:
+            return f"truncated (read {len(data)} of {length + FRAME_BYTES} bytes at byte {offset})"
+        stored = int.from_bytes(data[:8], "little")
+        if stored != length:
+            return f"index does not match shard (index length {length}, stored length {stored} at byte {offset})"
+        return "payload checksum mismatch (corrupt record)"
 
     def close(self):
         for fd in self._fds.values():
