@@ -211,18 +211,19 @@ def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5)):
     predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
     correct = {k: 0.0 for k in ks}
     loss_sum, count = 0.0, 0.0
-    for images, labels, weights in ds:
-        logits = predict(images).numpy()
-        labels, weights = labels.numpy(), weights.numpy()
-        order = np.argsort(-logits, axis=-1, kind="stable")
-        for k in ks:
-            hit = np.take_along_axis(labels, order[:, :min(k, logits.shape[-1])], axis=-1).max(axis=-1) > 0
-            correct[k] += float((hit * weights).sum())
-        log_probs = logits - logits.max(-1, keepdims=True)
-        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
-        targets = labels / np.maximum(labels.sum(-1, keepdims=True), 1)
-        loss_sum += float((-(targets * log_probs).sum(-1) * weights).sum())
-        count += float(weights.sum())
+    with pipeline.naming_undecodable_images(corpus, lambda: [(split, None)]):
+        for images, labels, weights in ds:
+            logits = predict(images).numpy()
+            labels, weights = labels.numpy(), weights.numpy()
+            order = np.argsort(-logits, axis=-1, kind="stable")
+            for k in ks:
+                hit = np.take_along_axis(labels, order[:, :min(k, logits.shape[-1])], axis=-1).max(axis=-1) > 0
+                correct[k] += float((hit * weights).sum())
+            log_probs = logits - logits.max(-1, keepdims=True)
+            log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+            targets = labels / np.maximum(labels.sum(-1, keepdims=True), 1)
+            loss_sum += float((-(targets * log_probs).sum(-1) * weights).sum())
+            count += float(weights.sum())
     if count == 0:
         raise ValueError(f"split {split!r} of {corpus} has no examples to evaluate")
     return {**{f"top{k}": correct[k] / count for k in ks}, "loss": loss_sum / count, "examples": int(count)}
@@ -310,10 +311,18 @@ def finetune(config, workdir, strategy=None):
     writer = tf.summary.create_file_writer(tb_dir)
     interval = max(1, min(steps, int(math.ceil(num_train / config.global_batch_size))))  # about one epoch
     final = _FinalWeights()
-    model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-steps // interval),
-              steps_per_epoch=interval, verbose=config.verbose,
-              # StopAtStep ends the last, partial interval exactly where the learning-rate schedule ends.
-              callbacks=[StopAtStep(steps), _TrainScalars(writer), final])
+
+    def suspects():  # where an anonymous image-decoding error in fit can come from: the steps being read
+        step = int(model.optimizer.iterations)
+        return [(config.train_split, pipeline.train_step_records(
+            config.corpus, config.train_split, config.global_batch_size, config.seed,
+            range(step, step + pipeline.LOOKAHEAD_STEPS), repeats=config.repeats))]
+
+    with pipeline.naming_undecodable_images(config.corpus, suspects):
+        model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-steps // interval),
+                  steps_per_epoch=interval, verbose=config.verbose,
+                  # StopAtStep ends the last, partial interval exactly where the learning-rate schedule ends.
+                  callbacks=[StopAtStep(steps), _TrainScalars(writer), final])
 
     eval_batch = config.eval_batch_size or config.global_batch_size
     results = {}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_nfnet.data import corpus, records
+from keras_nfnet.data import corpus, pipeline, records
 from keras_nfnet.data.pipeline import BadRecordReport, eval_dataset, train_dataset
 
 N, SIZE = 20, 16
@@ -123,3 +123,34 @@ def test_skip_policy_counts_reports_and_zero_weights_every_bad_row(tmp_path, cap
     total = sum(float(tf.reduce_sum(w)) for _, _, w in eval_dataset(d, "train", 8, SIZE, on_bad_record="skip",
                                                                     bad_record_report=report))
     assert total == N - 2 and report.count == 2
+
+
+def _png_with_corrupt_body(i):
+    """A PNG whose magic number and IEND chunk are intact (so the cheap marker check passes) but whose image data
+    is damaged, so TensorFlow's decoder rejects it."""
+    data = bytearray(_png(i))
+    start = data.index(b"IDAT") + 4
+    data[start:start + 12] = b"\xff" * 12
+    return bytes(data)
+
+
+def test_image_the_decoder_rejects_is_named_after_the_failure(tmp_path):
+    d = _make(tmp_path, bad_images={13: _png_with_corrupt_body(13)})
+    with pytest.raises(tf.errors.InvalidArgumentError) as raw:  # anonymous inside the tf.data map
+        _epoch(d)
+    assert "record" not in raw.value.message
+    suspects = lambda: [("train", pipeline.train_step_records(d, "train", N, 0, range(0, pipeline.LOOKAHEAD_STEPS)))]
+    with pytest.raises(pipeline.UndecodableImageError, match=r"1 record\(s\) cannot be decoded: shard "
+                                                             r"train-00001.tfrecord record 3: "):
+        with pipeline.naming_undecodable_images(d, suspects):
+            _epoch(d)
+    # The whole-split search (used for evaluation) finds it too, and nothing else is reported.
+    assert [s.split(":")[0] for s in pipeline.find_undecodable_images(d, "train")] == [
+        "shard train-00001.tfrecord record 3"]
+    with pytest.raises(pipeline.UndecodableImageError, match="train-00001.tfrecord record 3"):
+        with pipeline.naming_undecodable_images(d, lambda: [("train", None)]):
+            list(eval_dataset(d, "train", 8, SIZE))
+    # Errors that are not about images pass through unchanged.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unrelated"):
+        with pipeline.naming_undecodable_images(d, suspects):
+            tf.debugging.assert_equal(1, 2, message="unrelated")

@@ -18,8 +18,9 @@ from keras_nfnet.training.checkpoint import CheckpointManager
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _corpus(path, n_train=40, n_test=21, num_classes=6, size=32, seed=0):
-    """Images whose mean colour encodes the class (learnable), PNG, splits train/test."""
+def _corpus(path, n_train=40, n_test=21, num_classes=6, size=32, seed=0, undecodable=()):
+    """Images whose mean colour encodes the class (learnable), PNG, splits train/test. Examples numbered in
+    `undecodable` keep their PNG magic and IEND chunk but get damaged image data (only the decoder can tell)."""
     rng = np.random.default_rng(seed)
     with CorpusWriter(str(path), num_classes=num_classes, class_names=[f"c{i}" for i in range(num_classes)],
                       image_format="png") as writer:
@@ -27,7 +28,11 @@ def _corpus(path, n_train=40, n_test=21, num_classes=6, size=32, seed=0):
             label = i % num_classes
             base = np.array([label * 40, 255 - label * 40, (label * 90) % 256], np.float32)
             image = np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-            writer.add("train" if i < n_train else "test", tf.io.encode_png(image).numpy(), [label], i)
+            png = bytearray(tf.io.encode_png(image).numpy())
+            if i in undecodable:
+                start = png.index(b"IDAT") + 4
+                png[start:start + 12] = b"\xff" * 12
+            writer.add("train" if i < n_train else "test", bytes(png), [label], i)
     return str(path)
 
 
@@ -149,3 +154,13 @@ def test_digits_corpus(tmp_path):
                                 .as_numpy_iterator()))
     image = tf.io.decode_png(first["image"]).numpy()
     assert image.shape == (24, 24, 3) and image[:2].max() == 0  # blank margin around the digit
+
+
+def test_an_image_the_decoder_rejects_is_named_in_training_and_in_evaluation(tmp_path):
+    corpus = _corpus(tmp_path / "c", n_train=16, n_test=8, undecodable=(5, 16 + 3))
+    config = ft.FinetuneConfig(corpus=corpus, variant="tiny", image_size=32, eval_image_size=32, epochs=1.0,
+                               global_batch_size=8, warmup_epochs=0.0, verbose=0)
+    with pytest.raises(ValueError, match=r"split 'train' .* shard train-00000.tfrecord record 5: .*Invalid PNG"):
+        ft.finetune(config, str(tmp_path / "w"))
+    with pytest.raises(ValueError, match=r"split 'test' .* shard test-00000.tfrecord record 3: .*Invalid PNG"):
+        ft.topk_accuracy(NFNet("tiny", num_classes=6), corpus, "test", 32, batch_size=4)

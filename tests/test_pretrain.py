@@ -110,6 +110,24 @@ def test_resume_with_incompatible_config_is_refused(corpus, tmp_path):
     # tests/test_pretrain_kill.py.)
 
 
+def test_an_image_the_decoder_rejects_is_named_by_shard_and_record(tmp_path):
+    import tensorflow as tf
+
+    from keras_nfnet.data.corpus import CorpusWriter
+
+    rng = np.random.default_rng(0)
+    d = str(tmp_path / "corpus")
+    with CorpusWriter(d, num_classes=10, multi_label=False, image_format="png") as w:
+        for i in range(24):
+            png = bytearray(tf.io.encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).numpy())
+            if i == 11:  # magic number and IEND intact, image data damaged: only the decoder can tell
+                start = png.index(b"IDAT") + 4
+                png[start:start + 12] = b"\xff" * 12
+            w.add("train" if i < 16 else "holdout", bytes(png), [i % 10], i)
+    with pytest.raises(ValueError, match=r"cannot be decoded: shard train-00000.tfrecord record 11: .*Invalid PNG"):
+        pretrain(_config(d, epochs=1.0), str(tmp_path / "run"))
+
+
 def test_divergence_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
     config = _config(corpus, base_learning_rate=1e9, agc_clip=0.0, checkpoint_every_steps=1, epochs=2.0)
     with pytest.raises(cb.TrainingDiverged, match="diverged.*last good checkpoint"):

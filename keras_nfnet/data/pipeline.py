@@ -9,7 +9,9 @@ Elements are `(images, labels)`: images float32 [b, size, size, 3] normalised pe
 [b, num_classes] (one-hot for single-label corpora, multi-hot for multi-label ones; MixUp/CutMix make them soft).
 b is the per-replica batch size under a distribution strategy, else the global batch size.
 """
+import contextlib
 import logging
+import re
 import threading
 
 import numpy as np
@@ -355,3 +357,70 @@ def record_batches(corpus_dir, split, global_batch_size, seed, start_step=0, inp
     ds = ds.map(_make_step_reader(sampler, reader, "raise"), num_parallel_calls=_READER_THREADS,
                 deterministic=True)
     return ds.map(lambda data, position, *_: {"serialized": data, "position": position})
+
+
+class UndecodableImageError(records.CorruptRecordError):
+    """Images that pass the cheap JPEG/PNG marker check but that TensorFlow's decoder rejects; names each record."""
+
+
+_DECODE_OP = re.compile(r"Decode(Image|Jpeg|Png|Gif|Bmp)\b|decode_image")  # how TF's errors name a decode op
+# A failing map in the training stream is at most this many steps ahead of the model (the prefetch buffers).
+LOOKAHEAD_STEPS = 32
+
+
+def train_step_records(corpus_dir, split, global_batch_size, seed, steps, repeats=1):
+    """Global record numbers (sorted, unique) that `train_dataset` reads at `steps` (any iterable of steps); for
+    a failure at model step s, `range(s, s + LOOKAHEAD_STEPS)` holds the failing one."""
+    n = corpus_lib.load_metadata(corpus_dir).split(split).num_examples
+    sampler = StepSampler(n, global_batch_size, seed, repeats=repeats)
+    recs = [sampler.records(sampler.rows(int(step))[1]) for step in steps]
+    return np.unique(np.concatenate(recs)) if recs else np.zeros([0], np.int64)
+
+
+def find_undecodable_images(corpus_dir, split, recs=None):
+    """["shard X record Y: <decoder error>", ...] for the records of `split` (all, or global numbers `recs`)
+    whose image TensorFlow cannot decode. Records that are corrupt in other ways are reported the same way."""
+    _, reader = _open_split(corpus_dir, split)
+    recs = np.arange(reader.num_records) if recs is None else np.asarray(recs, np.int64)
+    found = []
+    for start in range(0, len(recs), 256):
+        chunk = recs[start:start + 256]
+        payloads, errors = reader.read_many(chunk, raise_errors=False)
+        found.extend(errors.values())
+        for i, payload in enumerate(payloads):
+            if i in errors:
+                continue
+            try:
+                preprocess.decode_image(tf.constant(corpus_lib.decode_example(payload)["image"]))
+            except Exception as err:  # noqa: BLE001 - any parse or decode failure, reported with its record
+                found.append(f"{reader.where(int(chunk[i]))}: {str(getattr(err, 'message', err)).splitlines()[0]}")
+    reader.close()
+    return found
+
+
+@contextlib.contextmanager
+def naming_undecodable_images(corpus_dir, candidates):
+    """Turn TensorFlow's anonymous image-decoding error inside the block into one naming the shard and record.
+
+    An image whose bytes pass the pipeline's cheap marker check can still be rejected by the decoder, inside a
+    tf.data map where the record is unknown. On an InvalidArgumentError, `candidates()` gives [(split, record
+    numbers or None for the whole split), ...] that may hold the culprit (for training, the records of the steps
+    around the current one: `train_step_records`); those images are decoded one by one and the error is raised
+    again as UndecodableImageError listing the ones that fail. Other errors, and those the pipeline already names,
+    pass through.
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as err:
+        if "bad record: " in err.message or not _DECODE_OP.search(err.message):  # named already, or not decoding
+            raise
+        print("an input-pipeline op failed; looking for an undecodable image among the records it read ...",
+              flush=True)
+        for split, recs in candidates():
+            bad = find_undecodable_images(corpus_dir, split, recs)
+            if bad:
+                raise UndecodableImageError(
+                    f"split {split!r} of {corpus_dir}: {len(bad)} record(s) cannot be decoded: " + "; ".join(bad[:5])
+                    + f". Re-encode or drop them (python -m keras_nfnet.data.inspect_corpus --deep {corpus_dir} "
+                    "lists every bad record).") from err
+        raise

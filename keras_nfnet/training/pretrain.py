@@ -168,14 +168,22 @@ def pretrain(config, workdir, strategy=None):
                                                                     config.global_batch_size),
                  checkpointing, heldout]
 
+    def suspects():  # where an anonymous image-decoding error in fit can come from: the training steps being
+        step = global_step_of(model)  # read, then the held-out split (evaluated inside fit)
+        return [(config.train_split, pipeline.train_step_records(
+            config.corpus, config.train_split, config.global_batch_size, config.seed,
+            range(step, step + pipeline.LOOKAHEAD_STEPS))), (config.heldout_split, None)]
+
     try:  # the event writer is closed however the run ends (divergence, preemption, an error in fit)
         try:
             if start_step < last_step:
                 epoch_len = min(config.eval_every_steps, last_step)
-                model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // epoch_len),
-                          initial_epoch=start_step // epoch_len, steps_per_epoch=epoch_len, callbacks=callbacks,
-                          shuffle=False,  # the stream is already shuffled, per epoch, by the exactly-once sampler
-                          verbose=_progress_mode(config.verbose) if chief else 0)
+                with pipeline.naming_undecodable_images(config.corpus, suspects):
+                    model.fit(strategy.distribute_datasets_from_function(train_fn),
+                              epochs=-(-last_step // epoch_len), initial_epoch=start_step // epoch_len,
+                              steps_per_epoch=epoch_len, callbacks=callbacks,
+                              shuffle=False,  # the stream is already shuffled, per epoch, by the exactly-once sampler
+                              verbose=_progress_mode(config.verbose) if chief else 0)
         finally:
             preemption.restore()
             writer.flush()
