@@ -60,6 +60,19 @@ def test_index_equals_independent_scan_of_tfrecord_framing(tmp_path):
         assert [reader.read(i) for i in range(len(plain))] == plain
 
 
+def test_reader_over_many_shards_keeps_few_files_open_and_maps_its_indexes(tmp_path):
+    d, _ = _write(tmp_path)
+    paths = corpus.load_metadata(d).split("train").shard_paths(d)
+    assert len(paths) > 1
+    plain = [r.numpy() for r in tf.data.TFRecordDataset(paths)]
+    reader = records.RecordReader(paths, max_open_files=1)
+    assert all(isinstance(ix, np.memmap) for ix in reader.indexes)  # not read into memory
+    order = np.random.default_rng(0).permutation(len(plain))  # jump between shards
+    payloads, errors = reader.read_many(order)
+    assert not errors and payloads == [plain[i] for i in order]
+    assert len(reader._fds) == 1
+
+
 def test_metadata_label_frequencies_and_classes(tmp_path):
     d, expected = _write(tmp_path)
     info = corpus.load_metadata(d)

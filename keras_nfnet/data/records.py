@@ -84,14 +84,20 @@ def write_index(shard_path, index):
 
 
 def read_index(shard_path):
-    """The shard's index as int64 [n, 2]; FileNotFoundError naming the missing index file."""
+    """The shard's index as int64 [n, 2], memory-mapped (copy-on-write): nothing is read until it is used, so a
+    host's memory does not grow with the corpus (16 bytes per record: 64 GB for 4e9 records).
+    FileNotFoundError naming the missing index file."""
     path = index_path(shard_path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"record index {path} is missing (rebuild it with keras_nfnet.data.records.scan_shard)")
-    raw = np.fromfile(path, dtype="<u8")
-    if raw.size % 2:
-        raise CorruptRecordError(f"record index {os.path.basename(path)} has an odd number of entries")
-    return raw.reshape(-1, 2).astype(np.int64)
+    size = os.path.getsize(path)
+    if size % 16:
+        raise CorruptRecordError(f"record index {os.path.basename(path)} is not a whole number of (offset, length) "
+                                 f"pairs ({size} bytes)")
+    if size == 0:
+        return np.zeros([0, 2], np.int64)
+    # Offsets and lengths are < 2**63, so the stored uint64 bits read as int64 unchanged.
+    return np.memmap(path, dtype="<i8", mode="c", shape=(size // 16, 2))
 
 
 def check_index_against_file(shard_path, index):
@@ -115,16 +121,16 @@ class RecordReader:
     record number instead of being parsed as garbage. File descriptors are opened lazily per process.
     """
 
-    def __init__(self, shard_paths, indexes=None, check_crc=True):
+    def __init__(self, shard_paths, indexes=None, check_crc=True, max_open_files=256):
         self.shard_paths = list(shard_paths)
         self.names = [os.path.basename(p) for p in self.shard_paths]
-        indexes = [read_index(p) if indexes is None else indexes[i] for i, p in enumerate(self.shard_paths)]
-        counts = np.array([len(ix) for ix in indexes], dtype=np.int64)
+        # Per-shard [n, 2] (offset, payload_length) arrays; memory-mapped when read from disk.
+        self.indexes = [read_index(p) if indexes is None else indexes[i] for i, p in enumerate(self.shard_paths)]
+        counts = np.array([len(ix) for ix in self.indexes], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self.num_records = int(self.starts[-1])
-        # One [num_records, 2] array of (offset, payload_length), in global record order.
-        self.index = np.concatenate(indexes).astype(np.int64) if indexes else np.zeros([0, 2], np.int64)
         self.check_crc = check_crc
+        self.max_open_files = max_open_files  # a corpus may have more shards than the process may open files
         self._fds = {}
         self._pid = None
 
@@ -158,8 +164,7 @@ class RecordReader:
         vectorised; the loop (this is the pipeline's per-record Python cost) does only the pread and the checks.
         """
         recs = np.asarray(recs, dtype=np.int64)
-        shards, _ = self.locate_many(recs)
-        offsets, lengths = self.index[recs].T
+        shards, offsets, lengths = self._lookup(recs)
         payloads, errors = [], {}
         check, crc = self.check_crc, masked_crc32c
         if self._pid != os.getpid():  # a forked child must not share the parent's descriptors
@@ -168,6 +173,8 @@ class RecordReader:
         for i, (shard, offset, length) in enumerate(zip(shards.tolist(), offsets.tolist(), lengths.tolist())):
             fd = fds.get(shard)
             if fd is None:
+                if len(fds) >= self.max_open_files:  # close the longest-open descriptor
+                    os.close(fds.pop(next(iter(fds))))
                 fd = fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
             data = os.pread(fd, length + FRAME_BYTES, offset)
             payload = data[HEADER_BYTES:HEADER_BYTES + length]
@@ -181,6 +188,17 @@ class RecordReader:
                 payload = b""
             payloads.append(payload)
         return payloads, errors
+
+    def _lookup(self, recs):
+        """(shards, offsets, payload lengths) of global record numbers: one index gather per shard touched."""
+        shards, locals_ = self.locate_many(recs)
+        offsets, lengths = np.empty(len(recs), np.int64), np.empty(len(recs), np.int64)
+        order = np.argsort(shards, kind="stable")
+        touched, first = np.unique(shards[order], return_index=True)
+        for shard, sel in zip(touched.tolist(), np.split(order, first[1:])):
+            rows = self.indexes[shard][locals_[sel]]
+            offsets[sel], lengths[sel] = rows[:, 0], rows[:, 1]
+        return shards, offsets, lengths
 
     @staticmethod
     def _problem(data, offset, length):
