@@ -25,7 +25,7 @@ from keras_nfnet.data.pipeline import record_batches, train_dataset  # noqa: E40
 from keras_nfnet.data.synthetic import make_synthetic_corpus  # noqa: E402
 
 
-def _rate(ds, batches, batch_size, min_seconds=2.0, warmup=3):
+def _rate(ds, batches, batch_size, min_seconds, warmup=3):
     """Records/s over at least `batches` batches and `min_seconds` (fast stages need many batches to time)."""
     it = iter(ds)
     for _ in range(warmup):
@@ -75,7 +75,9 @@ def main():
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=40,
-                        help="timed batches per row (after 3 warm-up); at least 2 s is timed")
+                        help="timed batches per row (after 3 warm-up), and at least --min_seconds")
+    parser.add_argument("--min_seconds", type=float, default=4.0,
+                        help="shortest timing window per row (2 s windows moved ratios by +-0.04 on 2 cores)")
     parser.add_argument("--shuffle_buffer", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats; the best is reported")
     parser.add_argument("--stages", default="read+parse,decode+augment,+RandAugment,+MixUp/CutMix",
@@ -119,11 +121,11 @@ def main():
         datasets = {rows[j][:2]: rows[j][2]() for j in (i, i + 1)}
         for _ in range(args.repeats):
             for key, ds in datasets.items():
-                results[key] = max(results.get(key, 0.0), _rate(ds, args.batches, b))
+                results[key] = max(results.get(key, 0.0), _rate(ds, args.batches, b, args.min_seconds))
         for key in datasets:
             print(f"  measured {key[0]:15s} {key[1]:42s} {results[key]:9.0f} records/s", flush=True)
     print(f"\nbatch {b}, {size} px, {os.cpu_count()} CPUs, best of {args.repeats} x (>= {args.batches} batches "
-          f"and >= 2 s)")
+          f"and >= {args.min_seconds:g} s)")
     print(f"| stage | pipeline | records/s | ratio to plain |")
     print(f"|---|---|---|---|")
     for i in range(0, len(rows), 2):
