@@ -31,6 +31,7 @@ _JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
 # GIL (measured 132k vs 109k records/s read-only, benchmarks/bench_input_pipeline.py on 2 cores).
 _READER_THREADS = 1
 _PADDING = b"padding"  # the problem text of eval's padding rows (not bad records)
+_DECODER_REJECTED = b"decoder"  # the problem text of rows whose image TensorFlow's decoder rejected (under "skip")
 
 
 class BadRecordReport:
@@ -214,8 +215,11 @@ def _report_stage(report, shard_names):
         for i in np.flatnonzero(~valid):
             if problems[i] == _PADDING:
                 continue
-            bad.append(problems[i].decode() if problems[i] else
-                       f"shard {shard_names[shards[i]]} record {locals_[i]}: bad label or undecodable image")
+            where = f"shard {shard_names[shards[i]]} record {locals_[i]}"
+            if problems[i] == _DECODER_REJECTED:
+                bad.append(f"{where}: image rejected by TensorFlow's decoder")
+            else:
+                bad.append(problems[i].decode() if problems[i] else f"{where}: bad label or undecodable image")
         if bad:
             report.add(bad)
         return np.int64(len(bad))
@@ -228,6 +232,51 @@ def _report_stage(report, shard_names):
         return batch
 
     return fn
+
+
+_STEP_KEYS = ("payload", "position", "copy", "row", "shard", "local", "problem", "ok")  # the step reader's columns
+
+
+def _examples_to_batches(reads, per_example, batch, on_bad_record, num_parallel_calls):
+    """Step reads -> batches of `per_example` results (dicts), one batch per step.
+
+    Under "skip", an example whose map fails inside TensorFlow (an image that passes the marker check but that the
+    decoder rejects: no graph op can catch that error) keeps its slot with weight 0 and is reported, instead of
+    failing the stream: each step's examples are mapped in their own small dataset with `ignore_errors`, and the
+    survivors are scattered back into their slots.
+    """
+    if on_bad_record == "raise":
+        return reads.unbatch().map(per_example, num_parallel_calls=num_parallel_calls, deterministic=True).batch(
+            batch, drop_remainder=True)
+
+    def per_step(*cols):
+        step = dict(zip(_STEP_KEYS, cols))
+        examples = tf.data.Dataset.from_tensor_slices((tf.range(batch), cols)).map(
+            lambda slot, c: (slot, per_example(*c)), num_parallel_calls=num_parallel_calls,
+            deterministic=True).ignore_errors()
+        empty = tf.nest.map_structure(lambda spec: tf.zeros([0] + spec.shape.as_list(), spec.dtype),
+                                      examples.element_spec)
+        got = examples.batch(batch).concatenate(tf.data.Dataset.from_tensors(empty)).take(1)  # one batch, maybe empty
+
+        def fill(slots, e):
+            index = slots[:, None]
+            present = tf.scatter_nd(index, tf.ones_like(slots), [batch]) > 0
+            out = {}
+            for key, value in e.items():
+                if key in step:  # per-row data the step reader gave: complete already
+                    out[key] = step[key]
+                elif value.dtype == tf.bool:
+                    out[key] = tf.scatter_nd(index, tf.cast(value, tf.int32), [batch]) > 0
+                else:
+                    out[key] = tf.scatter_nd(index, value, tf.concat([[batch], tf.shape(value)[1:]], 0))
+                    out[key].set_shape([batch] + value.shape.as_list()[1:])
+            out["valid"] = out["valid"] & present
+            out["problem"] = tf.where(present, step["problem"], _DECODER_REJECTED)
+            return out
+
+        return got.map(fill)
+
+    return reads.interleave(per_step, cycle_length=2, num_parallel_calls=2, deterministic=True)
 
 
 def _check_common(split, image_size, on_bad_record, global_batch_size):
@@ -265,7 +314,8 @@ def train_dataset(corpus_dir, split, global_batch_size, image_size, seed, start_
                          f"{batch} must be a multiple of it")
     info, reader = _open_split(corpus_dir, split)
     sampler = StepSampler(reader.num_records, global_batch_size, seed, repeats=repeats, num_hosts=hosts, host=host)
-    builder = _Builder(info, reader.names, image_size, seed, on_bad_record, train=True, crop=crop, flip=flip, mix=mixup_cutmix)
+    builder = _Builder(info, reader.names, image_size, seed, on_bad_record, train=True, crop=crop, flip=flip,
+                       mix=mixup_cutmix)
     if on_bad_record == "skip" and bad_record_report is None:
         bad_record_report = BadRecordReport()
 
@@ -284,10 +334,10 @@ def train_dataset(corpus_dir, split, global_batch_size, image_size, seed, start_
         images, labels = augment_lib.mixup_cutmix(b["image"], b["label"], b["mix"], b["row"], group_size=group)
         return dict(b, image=images, label=labels)
 
-    ds = ds.unbatch().map(builder.per_example, num_parallel_calls=num_parallel_calls, deterministic=True)
+    per_example = builder.per_example
     if randaugment_layers and not mixup_cutmix:  # no mixing: RandAugment in the per-example stage
-        ds = ds.map(rand_augment, num_parallel_calls=num_parallel_calls, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True)
+        per_example = lambda *cols: rand_augment(builder.per_example(*cols))  # noqa: E731
+    ds = _examples_to_batches(ds, per_example, batch, on_bad_record, num_parallel_calls)
     if on_bad_record == "skip":
         ds = ds.map(_report_stage(bad_record_report, reader.names))
     if mixup_cutmix:
@@ -335,8 +385,7 @@ def eval_dataset(corpus_dir, split, global_batch_size, image_size, input_context
     ds = tf.data.Dataset.range(steps)
     ds = ds.map(_make_step_reader(sampler, reader, on_bad_record, pad_beyond=reader.num_records),
                 num_parallel_calls=_READER_THREADS, deterministic=True)
-    ds = ds.unbatch().map(builder.per_example, num_parallel_calls=num_parallel_calls, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True)
+    ds = _examples_to_batches(ds, builder.per_example, batch, on_bad_record, num_parallel_calls)
     if on_bad_record == "skip":
         ds = ds.map(_report_stage(bad_record_report, reader.names))
     ds = ds.map(lambda b: _finish(b, on_bad_record, with_info, eval_mode=True))
