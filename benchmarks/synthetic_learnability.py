@@ -63,6 +63,7 @@ def main():
     parser.add_argument("--steps", type=int, default=600, help="training steps per run (batch 64)")
     parser.add_argument("--holdout", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning_rate", type=float, default=2e-3, help="Adam learning rate (every run)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     widths = args.widths.split(",")
@@ -81,7 +82,7 @@ def main():
             keras.utils.set_random_seed(args.seed)
             model = (cnn(int(w), args.num_classes, args.image_size) if args.model == "cnn"
                      else nfnet(w, args.num_classes, args.image_size))
-            model.compile(keras.optimizers.Adam(2e-3),
+            model.compile(keras.optimizers.Adam(args.learning_rate),
                           keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
             epochs = 10
             steps_per_epoch = max(1, args.steps // epochs)
@@ -95,7 +96,8 @@ def main():
             print(f"  {args.model} {w:>4s} params {model.count_params():8d} n={n:6d}: best held-out loss "
                   f"{results[(w, n)][0]:.3f} acc {results[(w, n)][1]:.3f} ({time.time() - t:.0f} s)", flush=True)
     print(f"\nheld-out cross-entropy (best over training; accuracy), {args.num_classes} classes, "
-          f"{args.image_size} px, {args.steps} steps of batch 64; class-prior baseline loss {prior_loss:.3f}")
+          f"{args.image_size} px, {args.steps} steps of batch 64, Adam {args.learning_rate:g}; class-prior baseline "
+          f"loss {prior_loss:.3f}")
     print("| model | " + " | ".join(f"n={n}" for n in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     for w in widths:
