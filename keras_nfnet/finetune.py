@@ -315,8 +315,7 @@ def finetune(config, workdir, strategy=None):
     def suspects():  # where an anonymous image-decoding error in fit can come from: the steps being read
         step = int(model.optimizer.iterations)
         return [(config.train_split, pipeline.train_step_records(
-            config.corpus, config.train_split, config.global_batch_size, config.seed,
-            range(step, step + pipeline.LOOKAHEAD_STEPS), repeats=config.repeats))]
+            config.corpus, config.train_split, config.global_batch_size, config.seed, step, config.repeats))]
 
     with pipeline.naming_undecodable_images(config.corpus, suspects):
         model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-steps // interval),

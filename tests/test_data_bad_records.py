@@ -139,7 +139,7 @@ def test_image_the_decoder_rejects_is_named_after_the_failure(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError) as raw:  # anonymous inside the tf.data map
         _epoch(d)
     assert "record" not in raw.value.message
-    suspects = lambda: [("train", pipeline.train_step_records(d, "train", N, 0, range(0, pipeline.LOOKAHEAD_STEPS)))]
+    suspects = lambda: [("train", pipeline.train_step_records(d, "train", N, 0, first_step=0))]
     with pytest.raises(pipeline.UndecodableImageError, match=r"1 record\(s\) cannot be decoded: shard "
                                                              r"train-00001.tfrecord record 3: "):
         with pipeline.naming_undecodable_images(d, suspects):

@@ -417,12 +417,13 @@ _DECODE_OP = re.compile(r"Decode(Image|Jpeg|Png|Gif|Bmp)\b|decode_image")  # how
 LOOKAHEAD_STEPS = 32
 
 
-def train_step_records(corpus_dir, split, global_batch_size, seed, steps, repeats=1):
-    """Global record numbers (sorted, unique) that `train_dataset` reads at `steps` (any iterable of steps); for
-    a failure at model step s, `range(s, s + LOOKAHEAD_STEPS)` holds the failing one."""
+def train_step_records(corpus_dir, split, global_batch_size, seed, first_step, repeats=1,
+                       num_steps=LOOKAHEAD_STEPS):
+    """Global record numbers (sorted, unique) that `train_dataset` reads at steps [first_step, first_step +
+    num_steps); for a failure while the model is at step s, first_step=s covers the failing one."""
     n = corpus_lib.load_metadata(corpus_dir).split(split).num_examples
     sampler = StepSampler(n, global_batch_size, seed, repeats=repeats)
-    recs = [sampler.records(sampler.rows(int(step))[1]) for step in steps]
+    recs = [sampler.records(sampler.rows(step)[1]) for step in range(int(first_step), int(first_step) + num_steps)]
     return np.unique(np.concatenate(recs)) if recs else np.zeros([0], np.int64)
 
 

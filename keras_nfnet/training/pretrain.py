@@ -171,8 +171,8 @@ def pretrain(config, workdir, strategy=None):
     def suspects():  # where an anonymous image-decoding error in fit can come from: the training steps being
         step = global_step_of(model)  # read, then the held-out split (evaluated inside fit)
         return [(config.train_split, pipeline.train_step_records(
-            config.corpus, config.train_split, config.global_batch_size, config.seed,
-            range(step, step + pipeline.LOOKAHEAD_STEPS))), (config.heldout_split, None)]
+            config.corpus, config.train_split, config.global_batch_size, config.seed, step)),
+                (config.heldout_split, None)]
 
     try:  # the event writer is closed however the run ends (divergence, preemption, an error in fit)
         try:
