@@ -4,6 +4,9 @@ stochastic depth and the NF bottleneck block.
 Numerics follow the official DeepMind release (see NFNET_SPEC.md section 2). Backend-agnostic: `keras.ops` only,
 channels-last.
 """
+import contextlib
+import functools
+
 import keras
 from keras import ops
 
@@ -69,6 +72,68 @@ class ScaledActivation(keras.layers.Layer):
         return {**super().get_config(), "activation": self.activation}
 
 
+# How a grouped convolution is computed. One definition of the math, three kernels:
+#   "native": one convolution with a grouped kernel (fast on GPU/TPU; on CPU Keras' TF backend compiles it with
+#             XLA, whose CPU grouped kernel is an order of magnitude slower, and which TF Serving disables);
+#   "split":  one ordinary convolution per group, concatenated (ordinary oneDNN/Eigen kernels on CPU, no XLA);
+#   "auto":   "native" where the backend's default device is a GPU or TPU, else "split".
+# A depthwise-like layer (one input channel per group) always uses the depthwise kernel.
+GROUPED_CONV_FORMS = ("auto", "native", "split")
+_form_override = []
+
+
+@functools.lru_cache(maxsize=None)
+def _accelerator_present():
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    return False
+
+
+def grouped_conv_form():
+    """The form grouped convolutions take now: the innermost `use_grouped_conv_form` scope, else "auto" resolved."""
+    form = _form_override[-1] if _form_override else "auto"
+    if form == "auto":
+        form = "native" if _accelerator_present() else "split"
+    return form
+
+
+@contextlib.contextmanager
+def use_grouped_conv_form(form):
+    """Compute grouped convolutions in `form` ("auto", "native" or "split") while tracing/calling in this scope.
+
+    Export uses "split" so the SavedModel has no XLA-only function; benchmarks use it to compare forms.
+    """
+    if form not in GROUPED_CONV_FORMS:
+        raise ValueError(f"Unknown grouped-convolution form {form!r}; use one of {', '.join(GROUPED_CONV_FORMS)}.")
+    _form_override.append(form)
+    try:
+        yield
+    finally:
+        _form_override.pop()
+
+
+def grouped_conv(inputs, kernel, strides, groups, form=None):
+    """SAME-padded 2D convolution of NHWC `inputs` with an HWIO `kernel` of `groups` groups (in = kernel in * groups)."""
+    if groups == 1:
+        return ops.conv(inputs, kernel, strides=strides, padding="same")
+    if kernel.shape[2] == 1:  # one input channel per group: the depthwise kernel, (kh, kw, 1, C*m) -> (kh, kw, C, m)
+        kh, kw, _, out = kernel.shape
+        depthwise = ops.reshape(kernel, (kh, kw, groups, out // groups))
+        return ops.depthwise_conv(inputs, depthwise, strides=strides, padding="same")
+    form = form or grouped_conv_form()
+    if form == "native":
+        return ops.conv(inputs, kernel, strides=strides, padding="same")
+    parts = zip(ops.split(inputs, groups, axis=-1), ops.split(kernel, groups, axis=-1))
+    return ops.concatenate([ops.conv(x, k, strides=strides, padding="same") for x, k in parts], axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="keras_nfnet")
 class WSConv2D(keras.layers.Layer):
     """Scaled weight-standardised 2D convolution with a learnable per-channel gain and a bias, SAME padding.
@@ -120,8 +185,8 @@ class WSConv2D(keras.layers.Layer):
         return kernel * scale - mean * scale
 
     def call(self, inputs):
-        kernel = ops.cast(self.standardized_kernel(), inputs.dtype)
-        out = ops.conv(inputs, kernel, strides=self.strides, padding="same")
+        kernel = ops.cast(self.standardized_kernel(), inputs.dtype)  # standardised once, then split if need be
+        out = grouped_conv(inputs, kernel, self.strides, self.groups)
         return out + ops.cast(self.bias, out.dtype)
 
     def compute_output_shape(self, input_shape):

@@ -38,14 +38,10 @@ def np_conv_same(x, w, stride, groups):
     return out
 
 
-@pytest.mark.parametrize(
-    "kernel_size,strides,groups,size",
-    [(1, 1, 1, 7), (3, 1, 1, 8), (3, 2, 1, 9), (3, 2, 4, 8), (5, 1, 2, 6), (3, 1, 8, 5), (1, 2, 2, 7)],
-)
-def test_wsconv_matches_numpy(kernel_size, strides, groups, size):
+def _random_wsconv(kernel_size, strides, groups, size, dtype="float32"):
     rng = np.random.default_rng(kernel_size * 100 + strides * 10 + groups)
     cin, cout = 8, 16
-    layer = nf.WSConv2D(cout, kernel_size, strides=strides, groups=groups)
+    layer = nf.WSConv2D(cout, kernel_size, strides=strides, groups=groups, dtype=dtype)
     x = rng.standard_normal((2, size, size + 1, cin)).astype("float32")
     layer.build(x.shape)
     w = (rng.standard_normal(layer.kernel.shape) * 0.3 + 0.1).astype("float32")
@@ -54,10 +50,82 @@ def test_wsconv_matches_numpy(kernel_size, strides, groups, size):
     layer.kernel.assign(w)
     layer.gain.assign(gain)
     layer.bias.assign(bias)
-    got = keras.ops.convert_to_numpy(layer(x))
     want = np_conv_same(x, np_standardize(w, gain), strides, groups) + bias
+    return layer, x, want
+
+
+# Ungrouped, grouped, and depthwise-like (groups = input channels: 8 in, 16 out) at strides 1 and 2.
+CONV_CASES = [(1, 1, 1, 7), (3, 1, 1, 8), (3, 2, 1, 9), (3, 2, 4, 8), (5, 1, 2, 6), (3, 1, 8, 5), (1, 2, 2, 7),
+              (3, 2, 8, 9)]
+
+
+@pytest.mark.parametrize("form", ["native", "split"])
+@pytest.mark.parametrize("kernel_size,strides,groups,size", CONV_CASES)
+def test_wsconv_matches_numpy(kernel_size, strides, groups, size, form):
+    layer, x, want = _random_wsconv(kernel_size, strides, groups, size)
+    with nf.use_grouped_conv_form(form):
+        got = keras.ops.convert_to_numpy(layer(x))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size,strides,groups,size", [(3, 1, 4, 8), (3, 2, 2, 9), (3, 2, 8, 9)])
+def test_wsconv_forms_agree_in_mixed_precision(kernel_size, strides, groups, size):
+    """bfloat16 compute: both forms within bf16 rounding of the float64 reference, and of each other."""
+    layer, x, want = _random_wsconv(kernel_size, strides, groups, size, dtype="mixed_bfloat16")
+    outs = {}
+    for form in ("native", "split"):
+        with nf.use_grouped_conv_form(form):
+            out = layer(x)
+        assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+        outs[form] = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(outs[form], want, atol=0.05 * scale)
+    np.testing.assert_allclose(outs["native"], outs["split"], atol=0.02 * np.abs(want).max())
+
+
+def test_grouped_conv_forms_agree_in_gradients():
+    """The gradient w.r.t. input and kernel is the same whichever kernel computes the grouped convolution."""
+    layer, x, _ = _random_wsconv(3, 2, 4, 9)
+    grads = {}
+    for form in ("native", "split"):
+        with nf.use_grouped_conv_form(form):
+            grads[form] = _input_and_kernel_grads(layer, x)
+    for a, b in zip(grads["native"], grads["split"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _input_and_kernel_grads(layer, x):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(tf.square(layer(xt)))
+        gx, gk = tape.gradient(loss, [xt, layer.kernel.value])
+        return gx.numpy(), gk.numpy()
+    import jax
+
+    def loss(xv, kv):
+        out, _ = layer.stateless_call([kv, layer.gain.value, layer.bias.value], [], xv)
+        return (out ** 2).sum()
+
+    gx, gk = jax.grad(loss, argnums=(0, 1))(x, layer.kernel.value)
+    return np.asarray(gx), np.asarray(gk)
+
+
+def test_grouped_conv_form_scope_and_errors():
+    assert nf.grouped_conv_form() in ("native", "split")
+    with nf.use_grouped_conv_form("split"):
+        assert nf.grouped_conv_form() == "split"
+        with nf.use_grouped_conv_form("native"):
+            assert nf.grouped_conv_form() == "native"
+        assert nf.grouped_conv_form() == "split"
+    with pytest.raises(ValueError, match="Unknown grouped-convolution form 'xla'"):
+        with nf.use_grouped_conv_form("xla"):
+            pass
 
 
 def test_wsconv_floor_is_on_var_times_fan_in():
