@@ -93,7 +93,7 @@ def worker_keras(args):
             return clock.result()
         if args.jit_compile:
             model.compile(jit_compile=True)
-        x = next(iter(data))[0]
+        x = np.asarray(next(iter(data))[0])
         first, per_step = _timed_steps(lambda: model.predict_on_batch(x), args.warmup, args.steps, args.min_seconds)
         return {"first_s": first, "step_s": per_step}
 
