@@ -85,6 +85,10 @@ _ERROR_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCE
                 "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 
 
+class LoadError(ValueError):
+    """The initial version failed to load: the server does not start (as TF Serving)."""
+
+
 class ClientError(Exception):
     """A request the client got wrong: answered with `status` and a JSON error, never a crash."""
 
@@ -270,8 +274,8 @@ def _error_code(error):
         return "INVALID_ARGUMENT"
     if isinstance(error, FileNotFoundError) or "does not exist" in str(error):
         return "NOT_FOUND"
-    if isinstance(error, DecodeError):
-        return "DATA_LOSS"
+    if isinstance(error, DecodeError) or "Cannot parse file" in str(error):
+        return "DATA_LOSS"  # what TF Serving's C++ loader reports for a saved_model.pb it cannot parse
     return "UNKNOWN"
 
 
@@ -329,7 +333,7 @@ class ModelVersions:
         self._available = {}  # version -> Servable
         self._states = {}  # version -> {"state", "error_code", "error_message"}: what the status API shows
         self._attempts = {}  # version -> (failed attempts, time of the next attempt) while it is retried
-        self._failed = set()  # aspired versions whose load failed for good (not retried while still aspired)
+        self._failed = {}  # version -> its listing when its load failed for good: retried only if that changes
         self._fingerprints = {}  # version -> listing seen by the previous poll
         self._stop = threading.Event()
         self._thread = None
@@ -365,8 +369,14 @@ class ModelVersions:
             if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(self.base_path, name)):
                 dirs[int(name)] = os.path.join(self.base_path, name)
         fingerprints = {version: self._fingerprint(path) for version, path in dirs.items()}
+        stable = {version for version, fp in fingerprints.items()
+                  if fp is not None and self._fingerprints.get(version) == fp}
+        for version in [v for v in self._failed if v in stable and fingerprints[v] != self._failed[v]]:
+            del self._failed[version]  # rewritten in place since it failed: try it again
+        # A version being served (or already failed) only needs to still be there; a new one must have settled.
+        known = set(self.available_versions) | set(self._failed)
         complete = {version: dirs[version] for version, fp in fingerprints.items()
-                    if fp is not None and self._fingerprints.get(version) == fp}
+                    if version in stable or (fp is not None and version in known)}
         self._fingerprints = fingerprints
         return complete
 
@@ -434,7 +444,8 @@ class ModelVersions:
         """One decision of the availability-preserving policy over the complete versions on disk; True if it
         acted (call again), False when there is nothing to do now."""
         aspired = max(complete) if complete else None  # the "latest 1" version policy
-        self._failed &= set(complete)  # a failed version that disappears may be tried again if it comes back
+        for version in [v for v in self._failed if v not in complete]:
+            del self._failed[version]  # a failed version that disappears is tried again if it comes back
         for version in list(self._attempts):
             if version != aspired:
                 del self._attempts[version]
@@ -460,7 +471,7 @@ class ModelVersions:
                            message, failures + 1, self.max_num_load_retries, self.load_retry_interval_seconds)
             return False
         self._attempts.pop(aspired, None)
-        self._failed.add(aspired)
+        self._failed[aspired] = self._fingerprints.get(aspired)
         self._set_state(aspired, "END", _error_code(error), message)
         return True
 
@@ -473,7 +484,7 @@ class ModelVersions:
 
     def start(self, settle_seconds=None):
         """Load the initial version, as TF Serving does before it serves: waits for a complete version (two
-        polls with the same listing), loads it; raises RuntimeError if that load fails. Then polls in the
+        polls with the same listing), loads it; raises LoadError if that load fails. Then polls in the
         background every poll_wait_seconds (never, if 0)."""
         if not os.path.isdir(self.base_path):
             raise FileNotFoundError(f"model base path {self.base_path} does not exist")
@@ -489,8 +500,8 @@ class ModelVersions:
                 newest = max(complete)
                 state = self._states.get(newest, {})
                 if state.get("state") == "END" and state.get("error_code") != "OK":
-                    raise RuntimeError(f"{self.name} version {newest} failed to load: {state['error_code']}: "
-                                       f"{state['error_message']}")
+                    raise LoadError(f"{self.name} version {newest} failed to load: {state['error_code']}: "
+                                    f"{state['error_message']}")
             elif not warned:
                 logger.warning("No versions of servable %s found under base path %s. Did you forget to name "
                                "your leaf directory as a number (eg. '/1/')?", self.name, self.base_path)

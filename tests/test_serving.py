@@ -475,6 +475,10 @@ def test_versions_are_polled_like_tf_serving(tmp_path):
         assert served(expected_b) and served(expected_b, "/v1/models/digits/versions/3:predict")
         status, body = server.request("POST", "/v1/models/digits/versions/2:predict", instances)
         assert status == 404 and "Specific(digits, 2)" in body["error"]
+        # Touching a served version's files does not unload or reload it.
+        os.utime(os.path.join(root, "3", "saved_model.pb"))
+        time.sleep(1.0)
+        assert server.status()[3] == ("AVAILABLE", "OK") and served(expected_b)
 
         # 3. broken version 4: retried once, then END with its error; version 3 keeps serving throughout.
         broken = os.path.join(root, ".tmp-broken")
@@ -510,6 +514,20 @@ def test_versions_are_polled_like_tf_serving(tmp_path):
     finally:
         server.stop()
     assert server.process.returncode == 0, "".join(server.lines)[-3000:]
+
+
+def test_server_does_not_start_when_the_initial_version_fails(tmp_path):
+    """As TF Serving: if the newest version cannot be loaded at start-up, the server exits with the error."""
+    root = tmp_path / "digits" / "1"
+    root.mkdir(parents=True)
+    (root / "saved_model.pb").write_bytes(b"not a SavedModel")
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVER, f"--model_base_path={tmp_path / 'digits'}", "--rest_api_port=0",
+         "--max_num_load_retries=0", "--file_system_poll_wait_seconds=0.2"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: digits version 1 failed to load: DATA_LOSS" in result.stderr, result.stderr[-2000:]
 
 
 def _first_and_warm_latency(server, count=10):
