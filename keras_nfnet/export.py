@@ -9,10 +9,20 @@ the graph (so a served prediction equals an evaluation-time prediction):
 - `predict_images`: `images` (uint8 [batch, height, width, 3], RGB) -> the same outputs.
 
 Class names travel as the asset `assets/class_names.txt` (one per line, line i = class i) read by a lookup table,
-and an optional warm-up file `assets.extra/tf_serving_warmup_requests` (TF Serving's PredictionLog TFRecord)
-lets TF Serving run the graph once before it reports the model AVAILABLE. A version directory is written under a
-temporary name and renamed into place, so a server watching the base path never sees a half-written version.
+and an optional warm-up file `assets.extra/tf_serving_warmup_requests` (TF Serving's PredictionLog TFRecord, one
+request per signature) lets TF Serving run both graphs once before it reports the model AVAILABLE. A version
+directory is written under a temporary name and renamed into place, so a server watching the base path never sees
+a half-written version.
+
+The graph runs on a stock `tensorflow_model_server`, which disables XLA: the model is traced with grouped
+convolutions in the "split" form (one ordinary convolution per group, `keras_nfnet.layers.use_grouped_conv_form`),
+so no function in the SavedModel carries `_XlaMustCompile`, on whatever machine the export runs.
+
+`image_bytes` is bounded before anything is decoded: each item's header (JPEG frame header, PNG IHDR, BMP info
+header, every GIF frame descriptor) gives the pixels the decoder would allocate, and an item declaring more than
+`max_image_pixels` fails the batch with an `InvalidArgumentError` naming the item, its size and the limit.
 """
+import math
 import os
 import shutil
 import tempfile
@@ -20,6 +30,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from keras_nfnet import layers
 from keras_nfnet.data import preprocess
 
 BYTES_SIGNATURE = "serving_default"
@@ -28,6 +39,14 @@ BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 CLASS_NAMES_ASSET = "class_names.txt"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+# The form grouped convolutions take in the exported graph (see keras_nfnet.layers.use_grouped_conv_form): "split"
+# has no XLA-only function, so a stock tensorflow_model_server (XLA off) runs it. Tests set "native" for a control.
+GROUPED_CONV_FORM = "split"
+# Most pixels one image may declare (4096 x 4096: a 12-16 MP photo passes); see `max_image_pixels`.
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 24
+# A GIF is walked block by block (each frame descriptor and extension); more blocks than this is refused.
+MAX_GIF_BLOCKS = 20000
 
 # Leading bytes of the formats `tf.io.decode_image` accepts. Checked first so that a batch holding something
 # else fails with a message naming the item, rather than the decoder's generic error.
@@ -77,13 +96,136 @@ def _check_image_bytes(image_bytes):
     first_bad = tf.argmin(tf.concat([tf.cast(known, tf.int32), [1]], 0), output_type=tf.int32)
     not_empty = tf.debugging.Assert(tf.size(image_bytes) > 0, [f"{BYTES_INPUT} is empty: send at least one image"])
     with tf.control_dependencies([not_empty]):
-        return tf.debugging.Assert(
-            tf.reduce_all(known),
-            [f"{BYTES_INPUT}[i] is not a JPEG, PNG, GIF or BMP image; first bad index i =", first_bad],
+        message = tf.strings.format(BYTES_INPUT + "[{}] is not a JPEG, PNG, GIF or BMP image", [first_bad])
+        return tf.debugging.Assert(tf.reduce_all(known), [message])
+
+
+def _header_bytes(data, count):
+    """The first `count` bytes of a scalar string as int64 [count], zero-padded when the string is shorter."""
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, count), tf.uint8), tf.int64)
+    return tf.pad(head, [[0, count - tf.size(head)]])
+
+
+def _gif_size(data):
+    """(largest frame width, largest frame height, pixels of all frames, too many blocks) of a GIF, as int64 [4].
+
+    TensorFlow's GIF decoder reads every frame (giflib allocates each frame's width x height) and sizes its output
+    by the largest frame, whatever the logical screen says; so every frame descriptor is read. Sub-block chains
+    (size byte, data, ..., 0) are skipped through a pointer-doubling table: O(n log n) vector work for n bytes,
+    then one loop step per block (frame or extension), at most MAX_GIF_BLOCKS.
+    """
+    raw = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
+    n = tf.size(raw)
+    b = tf.concat([raw, [0]], 0)  # b[n] = 0: a chain running off the end stops at n
+    index = tf.range(n + 1)
+    jump = tf.where(tf.equal(b, 0), index, tf.minimum(index + b + 1, n))
+    doublings = tf.cast(tf.math.ceil(tf.math.log(tf.cast(n + 2, tf.float32)) / math.log(2.0)), tf.int32) + 1
+    _, chain_end = tf.while_loop(
+        lambda i, j: i < doublings, lambda i, j: (i + 1, tf.gather(j, j)), [tf.constant(0), jump]
+    )
+
+    def byte(p):
+        return tf.gather(b, tf.minimum(p, n))
+
+    def u16(p):
+        return byte(p) + 256 * byte(p + 1)
+
+    def table_size(flags):  # size of a colour table announced by a packed-fields byte
+        return tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0,
+                        3 * tf.bitwise.left_shift(2, tf.bitwise.bitwise_and(flags, 7)), 0)
+
+    def body(pos, count, total, max_w, max_h, done):
+        c = byte(pos)
+        is_ext, is_image = tf.equal(c, 0x21), tf.equal(c, 0x2C)
+        width, height = tf.cast(u16(pos + 5), tf.int64), tf.cast(u16(pos + 7), tf.int64)
+        image_next = tf.gather(chain_end, tf.minimum(pos + 10 + table_size(byte(pos + 9)) + 1, n)) + 1
+        ext_next = tf.gather(chain_end, tf.minimum(pos + 2, n)) + 1
+        stop = tf.logical_or(pos >= n, tf.logical_not(tf.logical_or(is_ext, is_image)))
+        zero = tf.constant(0, tf.int64)
+        return (
+            tf.where(is_image, image_next, tf.where(is_ext, ext_next, pos)),
+            count + tf.cast(tf.logical_not(stop), tf.int32),
+            total + tf.where(is_image & ~stop, width * height, zero),
+            tf.maximum(max_w, tf.where(is_image & ~stop, width, zero)),
+            tf.maximum(max_h, tf.where(is_image & ~stop, height, zero)),
+            stop,
         )
 
+    zero = tf.constant(0, tf.int64)
+    _, count, total, max_w, max_h, done = tf.while_loop(
+        lambda pos, count, *rest: tf.logical_and(tf.logical_not(rest[-1]), count < MAX_GIF_BLOCKS),
+        body,
+        [13 + table_size(byte(10)), tf.constant(0), zero, zero, zero, tf.constant(False)],
+    )
+    return tf.stack([max_w, max_h, total, tf.cast(tf.logical_not(done), tf.int64)])
 
-def _build_endpoints(model, image_size, top_k, class_table, apply_softmax):
+
+def declared_image_size(data):
+    """(width, height, pixels, too complex) an encoded image's header declares, before decoding; int64 [4].
+
+    JPEG: the frame header (via `tf.io.extract_jpeg_shape`); PNG: IHDR; BMP: the info header (|height|); GIF: every
+    frame (pixels = all frames). Anything else gives zeros (the format check rejects it first).
+    """
+    head = _header_bytes(data, 26)
+    zeros = tf.zeros([4], tf.int64)
+
+    def be32(i):
+        return head[i] * 2**24 + head[i + 1] * 2**16 + head[i + 2] * 2**8 + head[i + 3]
+
+    def le32_signed(i):
+        value = head[i] + head[i + 1] * 2**8 + head[i + 2] * 2**16 + head[i + 3] * 2**24
+        return tf.where(value >= 2**31, value - 2**32, value)
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(data, output_type=tf.int64)
+        return tf.stack([shape[1], shape[0], shape[0] * shape[1], tf.constant(0, tf.int64)])
+
+    def png():
+        width, height = be32(16), be32(20)
+        return tf.stack([width, height, width * height, tf.constant(0, tf.int64)])
+
+    def bmp():
+        width, height = tf.abs(le32_signed(18)), tf.abs(le32_signed(22))
+        return tf.stack([width, height, width * height, tf.constant(0, tf.int64)])
+
+    def starts_with(magic):
+        return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+
+    branch = tf.where(starts_with(b"\xff\xd8\xff"), 0, tf.where(starts_with(b"\x89PNG"), 1, tf.where(
+        starts_with(b"GIF8"), 2, tf.where(starts_with(b"BM"), 3, 4))))
+    return tf.switch_case(branch, [jpeg, png, lambda: _gif_size(data), bmp, lambda: zeros])
+
+
+def _check_image_sizes(image_bytes, max_pixels):
+    """Assert that no item declares more than `max_pixels` pixels (or a GIF with too many blocks), naming it."""
+    sizes = tf.map_fn(declared_image_size, image_bytes, fn_output_signature=tf.TensorSpec([4], tf.int64))
+    bad = tf.logical_or(sizes[:, 2] > max_pixels, sizes[:, 3] > 0)
+    first = tf.argmax(tf.concat([tf.cast(bad, tf.int32), [1]], 0), output_type=tf.int32)
+    size = tf.gather(tf.concat([sizes, tf.zeros([1, 4], tf.int64)], 0), first)
+    message = tf.cond(
+        size[3] > 0,
+        lambda: tf.strings.format(
+            BYTES_INPUT + f"[{{}}] is a GIF with more than {MAX_GIF_BLOCKS} blocks (frames and extensions); "
+            "not decoded", [first]),
+        lambda: tf.strings.format(
+            BYTES_INPUT + f"[{{}}] declares {{}}x{{}} = {{}} pixels, more than the limit of {max_pixels} pixels; "
+            "not decoded", [first, size[0], size[1], size[2]]),
+    )
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])
+
+
+def _eval_input(image, image_size):
+    """The one place the export's image preprocessing lives: the evaluation view of a decoded uint8 [H, W, 3]
+    image, normalised (what `keras_nfnet.data.preprocess` gives evaluation), float32 [size, size, 3]."""
+    return preprocess.normalize_image(preprocess.eval_image(image, image_size))
+
+
+# Images preprocessed at once per request. Each decoded image costs about 16 bytes per pixel while it is resized
+# (uint8 + float32 copies), so this bounds a request's memory to about PARALLEL_IMAGES x 16 x max_image_pixels.
+PARALLEL_IMAGES = 2
+
+
+def _build_endpoints(model, image_size, top_k, class_table, apply_softmax, max_image_pixels):
     def classify(batch):
         logits = model(batch, training=False)
         logits = tf.cast(logits, tf.float32)
@@ -94,24 +236,24 @@ def _build_endpoints(model, image_size, top_k, class_table, apply_softmax):
 
     def eval_batch(fn, elems):
         spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
-        return tf.map_fn(fn, elems, fn_output_signature=spec)
+        return tf.map_fn(fn, elems, fn_output_signature=spec, parallel_iterations=PARALLEL_IMAGES)
 
     def from_bytes(image_bytes):
         with tf.control_dependencies([_check_image_bytes(image_bytes)]):
-            batch = eval_batch(lambda b: preprocess.preprocess_for_eval(b, image_size), image_bytes)
+            sizes_ok = _check_image_sizes(image_bytes, max_image_pixels)
+        with tf.control_dependencies([sizes_ok]):
+            batch = eval_batch(lambda b: _eval_input(preprocess.decode_image(b), image_size), image_bytes)
         return classify(batch)
 
     def from_images(images):
-        batch = eval_batch(
-            lambda im: preprocess.normalize_image(preprocess.eval_image(im, image_size)), images
-        )
-        return classify(batch)
+        return classify(eval_batch(lambda image: _eval_input(image, image_size), images))
 
     return from_bytes, from_images
 
 
 def _warmup_records(model_name, image_size, num_requests=1):
-    """Serialized PredictionLog records for TF Serving's warm-up: a batch of one grey JPEG per request."""
+    """Serialized PredictionLog records for TF Serving's warm-up: per request, a batch of one grey image through
+    each signature (a JPEG through `serving_default`, pixels through `predict_images`), so both are warm."""
     try:
         from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
     except ImportError as error:
@@ -119,15 +261,19 @@ def _warmup_records(model_name, image_size, num_requests=1):
             "warm-up requests need the tensorflow-serving-api package (pip install 'tensorflow-serving-api==2.20.*'"
             "); or pass warmup=False"
         ) from error
-    jpeg = tf.io.encode_jpeg(tf.fill([image_size, image_size, 3], tf.constant(128, tf.uint8))).numpy()
+    pixels = tf.fill([1, image_size, image_size, 3], tf.constant(128, tf.uint8))
+    jpeg = tf.io.encode_jpeg(pixels[0]).numpy()
+    inputs = ((BYTES_SIGNATURE, BYTES_INPUT, tf.make_tensor_proto([jpeg], dtype=tf.string)),
+              (IMAGES_SIGNATURE, IMAGES_INPUT, tf.make_tensor_proto(pixels.numpy())))
     records = []
     for _ in range(num_requests):
-        request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=BYTES_SIGNATURE)
-        )
-        request.inputs[BYTES_INPUT].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
-        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-        records.append(log.SerializeToString())
+        for signature, name, tensor in inputs:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+            )
+            request.inputs[name].CopyFrom(tensor)
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            records.append(log.SerializeToString())
     return records
 
 
@@ -141,6 +287,7 @@ def export_for_serving(
     top_k=5,
     apply_softmax=True,
     warmup=True,
+    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
     verbose=True,
 ):
     """Export `model` as `<base_dir>/<model_name>/<version>/` for TF Serving; returns that directory.
@@ -156,6 +303,7 @@ def export_for_serving(
       top_k: how many class ids and names each prediction returns (capped at the number of classes).
       apply_softmax: the model returns logits (True, as NFNet does) or already returns probabilities (False).
       warmup: also write `assets.extra/tf_serving_warmup_requests` (needs tensorflow-serving-api).
+      max_image_pixels: `image_bytes` items whose header declares more pixels are refused before decoding.
     """
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError(f"model must be a built keras.Model, got {type(model).__name__}")
@@ -175,6 +323,8 @@ def export_for_serving(
     if not isinstance(top_k, int) or top_k <= 0:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     top_k = min(top_k, num_classes)
+    if not isinstance(max_image_pixels, int) or isinstance(max_image_pixels, bool) or max_image_pixels <= 0:
+        raise ValueError(f"max_image_pixels must be a positive int, got {max_image_pixels!r}")
 
     os.makedirs(model_dir, exist_ok=True)
     work_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
@@ -194,20 +344,23 @@ def export_for_serving(
             ),
             default_value="",
         )
-        from_bytes, from_images = _build_endpoints(model, image_size, top_k, class_table, apply_softmax)
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.track(class_table)
-        archive.add_endpoint(
-            BYTES_SIGNATURE, from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
-        )
-        archive.add_endpoint(
-            IMAGES_SIGNATURE,
-            from_images,
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
-        )
+        from_bytes, from_images = _build_endpoints(model, image_size, top_k, class_table, apply_softmax,
+                                                   max_image_pixels)
         saved_dir = os.path.join(work_dir, "saved_model")
-        archive.write_out(saved_dir, verbose=False)
+        # Traced (and saved) with one ordinary convolution per group: no XLA-only function, on any machine.
+        with layers.use_grouped_conv_form(GROUPED_CONV_FORM):
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.track(class_table)
+            archive.add_endpoint(
+                BYTES_SIGNATURE, from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
+            )
+            archive.add_endpoint(
+                IMAGES_SIGNATURE,
+                from_images,
+                input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
+            )
+            archive.write_out(saved_dir, verbose=False)
         if warmup:
             os.makedirs(os.path.join(saved_dir, "assets.extra"), exist_ok=True)
             with tf.io.TFRecordWriter(os.path.join(saved_dir, WARMUP_FILE)) as writer:
@@ -220,7 +373,7 @@ def export_for_serving(
         print(
             f"exported {model_name} version {version} to {final_dir}: signatures {BYTES_SIGNATURE}"
             f"({BYTES_INPUT}), {IMAGES_SIGNATURE}({IMAGES_INPUT}); {num_classes} classes, top-{top_k}, "
-            f"{image_size} px" + (", warm-up requests" if warmup else ""),
+            f"{image_size} px, at most {max_image_pixels} pixels per image" + (", warm-up requests" if warmup else ""),
             flush=True,
         )
     return final_dir

@@ -23,6 +23,8 @@ flags.DEFINE_integer("image_size", None, "Evaluation resolution inside the graph
 flags.DEFINE_string("class_names", None, "Text file with one class name per line (line i = class i).")
 flags.DEFINE_integer("top_k", 5, "Class ids and names returned per image.")
 flags.DEFINE_bool("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
+flags.DEFINE_integer("max_image_pixels", None,
+                     "image_bytes whose header declares more pixels are refused before decoding (default 2^24).")
 flags.mark_flags_as_required(["base_dir", "model_name"])
 
 
@@ -31,7 +33,7 @@ def main(argv):
     import keras
 
     import keras_nfnet.models  # noqa: F401  (registers NFNet for loading)
-    from keras_nfnet.export import export_for_serving
+    from keras_nfnet.export import DEFAULT_MAX_IMAGE_PIXELS, export_for_serving
 
     model_path, image_size, class_names = FLAGS.model, FLAGS.image_size, None
     if FLAGS.finetune_workdir:
@@ -52,7 +54,8 @@ def main(argv):
             class_names = f.read().splitlines()
     model = keras.saving.load_model(model_path, compile=False)
     export_for_serving(model, FLAGS.base_dir, FLAGS.model_name, version=FLAGS.version, class_names=class_names,
-                       image_size=image_size, top_k=FLAGS.top_k, warmup=FLAGS.warmup)
+                       image_size=image_size, top_k=FLAGS.top_k, warmup=FLAGS.warmup,
+                       max_image_pixels=FLAGS.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
 
 
 if __name__ == "__main__":
