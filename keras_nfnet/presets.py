@@ -8,8 +8,8 @@
     <preset>/metadata.json          versions, parameter count, date, tasks, and where the weights came from
 
     save_preset(classifier, "presets/f0")
-    classifier = load_classifier("presets/f0")                     # or NFNetImageClassifier.from_preset(...)
-    new_task = load_classifier("presets/f0", num_classes=10)       # the preset's backbone under a new head
+    model = from_preset("presets/f0")            # the classifier (the backbone, for a backbone-only preset)
+    new_task = NFNetImageClassifier.from_preset("presets/f0", num_classes=10)   # the backbone under a new head
 
 A preset is written under a temporary name and renamed into place, so a reader never sees half of one.
 """
@@ -149,7 +149,7 @@ def load_classifier(preset, num_classes=None, dtype=None, **head_kwargs):
     return classifier
 
 
-def load_preset(preset):
+def from_preset(preset):
     """The preset's classifier, or its backbone when it has no task."""
     _check(preset)
     if os.path.isfile(os.path.join(preset, TASK_CONFIG_FILE)):
@@ -162,7 +162,7 @@ def load_nfnet(preset):
     from keras_nfnet.converters import layout
     from keras_nfnet.models import NFNet
 
-    model = load_preset(preset)
+    model = from_preset(preset)
     backbone = getattr(model, "backbone", model)
     nfnet = NFNet(backbone.variant, num_classes=getattr(model, "num_classes", 1), activation=backbone.activation,
                   stochastic_depth_rate=0.0, dropout_rate=0.0, include_top=hasattr(model, "num_classes"),

@@ -29,8 +29,11 @@ class ConvertedCheckpoint:
     numerics: str            # the numerics its weights were used with
     path: str = ""
 
-    def classifier(self, numerics=None, class_names=None, crop_fraction=None, **kwargs):
-        """An NFNetImageClassifier (or, without a head in the file, an NFNetBackbone) holding these weights."""
+    def classifier(self, numerics=None, class_names=None, image_size=None, crop_fraction=None, **kwargs):
+        """An NFNetImageClassifier (or, without a head in the file, an NFNetBackbone) holding these weights.
+
+        numerics: default the source's; image_size/crop_fraction: the evaluation view (default the variant's
+        test resolution and the papers' crop); kwargs go to NFNetBackbone (e.g. dtype)."""
         from keras_nfnet.backbone import NFNetBackbone
         from keras_nfnet.classifier import NFNetImageClassifier
         from keras_nfnet.image_converter import NFNetImageConverter
@@ -39,8 +42,7 @@ class ConvertedCheckpoint:
         if self.num_classes is None:
             model = backbone
         else:
-            converter = NFNetImageConverter(image_size=self.variant.test_image_size,
-                                            **({} if crop_fraction is None else {"crop_fraction": crop_fraction}))
+            converter = NFNetImageConverter(image_size or self.variant.test_image_size, crop_fraction)
             model = NFNetImageClassifier(backbone, self.num_classes, image_converter=converter,
                                          class_names=class_names)
         layout.assign(model, self.weights)
@@ -58,8 +60,8 @@ def detect_format(names, path=""):
     return fits[0]
 
 
-def convert_tensors(tensors, variant=None, source_format=None, path=""):
-    """ConvertedCheckpoint from {source name: array}; every tensor must be used and every shape must match."""
+def _parse(tensors, source_format, path):
+    """(format name, {source name: Keras name}, {Keras name: Keras-layout shape})."""
     source_format = source_format or detect_format(list(tensors), path)
     if source_format not in FORMATS:
         raise ValueError(f"unknown source_format {source_format!r}; use one of {', '.join(FORMATS)}")
@@ -76,6 +78,21 @@ def convert_tensors(tensors, variant=None, source_format=None, path=""):
         except ValueError:
             raise ValueError(f"{where}{src} has shape {tuple(np.shape(tensors[src]))}, which is not the layout of "
                              f"a {source_format} {dst.rsplit('/', 1)[-1]}") from None
+    return source_format, names, keras_shapes
+
+
+def infer_variant(tensors, source_format=None, name="custom", path="", **overrides):
+    """An NFNetVariant row read from the tensors' shapes, for checkpoints of no known variant (strides assumed
+    (1, 2, 2, 2); resolutions and dropout from `overrides`)."""
+    _, _, keras_shapes = _parse(tensors, source_format, path)
+    return layout.custom_variant(keras_shapes, name=name, **overrides)
+
+
+def convert_tensors(tensors, variant=None, source_format=None, path=""):
+    """ConvertedCheckpoint from {source name: array}; every tensor must be used and every shape must match."""
+    source_format, names, keras_shapes = _parse(tensors, source_format, path)
+    fmt = FORMATS[source_format]
+    where = f"{path}: " if path else ""
     num_classes = keras_shapes["classifier/kernel"][-1] if "classifier/kernel" in keras_shapes else None
     try:
         row = layout.detect_variant(keras_shapes) if variant is None else get_variant(variant)
@@ -88,8 +105,9 @@ def convert_tensors(tensors, variant=None, source_format=None, path=""):
         layout.check_shapes({src: tuple(np.shape(a)) for src, a in tensors.items()}, expected)
     except ValueError as error:
         raise ValueError(f"{where}checkpoint does not fit variant {row.name}: {error}") from None
-    weights = {names[src]: np.asarray(fmt.to_keras(names[src], np.asarray(a)), np.float32)
-               for src, a in tensors.items()}
+    # Views where possible (no copy until the weights are assigned to a model).
+    weights = {names[src]: fmt.to_keras(names[src], np.asarray(a)) for src, a in tensors.items()}
+    weights = {n: a if a.dtype == np.float32 else a.astype(np.float32) for n, a in weights.items()}
     return ConvertedCheckpoint(row, num_classes, weights, source_format, DEFAULT_NUMERICS[source_format], path)
 
 
