@@ -58,7 +58,8 @@ class NFNetBackbone(keras.Model):
 
     def feature_pyramid(self):
         """A keras.Model from images to {"P<log2 stride>": each stage's output feature map}."""
-        return keras.Model(self.inputs, self.pyramid_outputs, name=f"{self.name}_pyramid")
+        # a plain dict: the attribute is a tracked container, which JAX cannot return from a traced function
+        return keras.Model(self.input, dict(self.pyramid_outputs), name=f"{self.name}_pyramid")
 
     def get_config(self):
         variant = self.variant
