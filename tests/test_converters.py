@@ -66,6 +66,19 @@ def test_fixture_is_small():
     assert total < 2 * 1024 * 1024
 
 
+def test_timm_dm_nfnet_f0_layout_is_detected():
+    """The names and shapes of timm's full-size dm_nfnet_f0 (written by the fixture script from timm itself)."""
+    import json
+
+    with open(os.path.join(FIXTURES, "timm_dm_nfnet_f0_shapes.json")) as f:
+        shapes = json.load(f)
+    tensors = {name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}
+    converted = convert_tensors(tensors)
+    assert converted.variant.name == "F0" and converted.source_format == "timm" and converted.num_classes == 1000
+    assert len(tensors) == len(converted.weights) == 233
+    assert sum(int(np.prod(a.shape)) for a in converted.weights.values()) == count_params("F0") == 71_489_284
+
+
 # --- DeepMind's layout, built from the documented module paths -----------------------------------------------------
 
 def deepmind_tree(depths, widths, stem=(16, 32, 64), group=128, num_classes=1000, make=None):
@@ -235,6 +248,15 @@ def test_malicious_pth_is_refused(tmp_path):
     with pytest.raises(UnsafePickleError, match=r"refusing to load '(posix|os|nt)\.system'"):
         load_checkpoint(str(path))
     assert not marker.exists()
+
+
+def test_non_numeric_arrays_are_refused(tmp_path):
+    tree = deepmind_tree((1, 1, 1, 1), (8, 16, 16, 16), stem=(4, 4, 8), group=4, num_classes=10)
+    tree["NFNet/~/linear"]["b"] = np.array(["x"] * 10, dtype=object)
+    path = tmp_path / "objects.npz"
+    path.write_bytes(pickle.dumps(tree))
+    with pytest.raises(ValueError, match=r"NFNet/~/linear/b holds object values, not numbers"):
+        load_checkpoint(str(path))
 
 
 def test_damaged_files_are_clear_errors(tmp_path):

@@ -62,6 +62,10 @@ def detect_format(names, path=""):
 
 def _parse(tensors, source_format, path):
     """(format name, {source name: Keras name}, {Keras name: Keras-layout shape})."""
+    for name, array in tensors.items():
+        kind = np.asarray(array).dtype
+        if kind.kind not in "biuf":
+            raise ValueError(f"{path + ': ' if path else ''}{name} holds {kind.name} values, not numbers")
     source_format = source_format or detect_format(list(tensors), path)
     if source_format not in FORMATS:
         raise ValueError(f"unknown source_format {source_format!r}; use one of {', '.join(FORMATS)}")
