@@ -12,7 +12,7 @@ import pytest
 
 from keras_nfnet.backbone import NFNetBackbone
 from keras_nfnet.classifier import Classifier, NFNetImageClassifier
-from keras_nfnet.converters import infer_variant, load_checkpoint, layout
+from keras_nfnet.converters import infer_variant, load_checkpoint
 from keras_nfnet.converters.tensor_files import read_tensors
 from keras_nfnet.image_converter import NFNetImageConverter
 from keras_nfnet import presets

@@ -9,8 +9,6 @@ import numpy as np
 
 from keras_nfnet.variants import VARIANTS, NFNetVariant, get_variant
 
-_CONVS = ("conv0", "conv1", "conv1b", "conv2")
-
 
 def _conv(prefix, kh, cin, cout):
     return {f"{prefix}/kernel": (kh, kh, cin, cout), f"{prefix}/gain": (cout,), f"{prefix}/bias": (cout,)}

@@ -3,6 +3,7 @@ code from them: safetensors (a JSON header and raw bytes), PyTorch's zip checkpo
 1.6: a pickle whose tensors point at raw storage files, read with `SafeUnpickler`), numpy `.npz` (no pickles) and
 plain pickles of array trees (DeepMind's Haiku `.npz` files are such pickles).
 """
+import collections
 import io
 import json
 import os
@@ -112,7 +113,7 @@ def read_torch_zip(path):
                 storages[key] = _from_bytes(archive.read(f"{prefix}data/{key}"), pid[1].dtype, f"{path}: {key}")
             return storages[key]
 
-        allowed = {("collections", "OrderedDict"): __import__("collections").OrderedDict,
+        allowed = {("collections", "OrderedDict"): collections.OrderedDict,
                    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
                    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor}
         allowed.update({("torch", name): _StorageType(dtype) for name, dtype in _TORCH_STORAGES.items()})
