@@ -102,7 +102,7 @@ def convert_tensors(tensors, variant=None, source_format=None, path=""):
         row = layout.detect_variant(keras_shapes) if variant is None else get_variant(variant)
     except ValueError as error:
         raise ValueError(where + str(error)) from None
-    root = deepmind._root(list(tensors)) if source_format == deepmind.NAME else None
+    root = deepmind.root_of(list(tensors)) if source_format == deepmind.NAME else None
     expected = {fmt.source_name(n, row, root): fmt.source_shape(n, s)
                 for n, s in layout.expected_shapes(row, num_classes).items()}
     try:

@@ -25,7 +25,8 @@ def looks_like(names):
     return any("/~/" in n for n in names)
 
 
-def _root(names):
+def root_of(names):
+    """The root module name of a Haiku tree's paths ("NFNet" in the release)."""
     roots = {n.split("/~/", 1)[0] for n in names}
     return roots.pop() if len(roots) == 1 else "NFNet"
 
