@@ -6,7 +6,8 @@ recipe (NFNET_SPEC.md section 4), and top-1/top-5 evaluation with raw and EMA we
                                      eval_image_size=64, epochs=5, sam_rho=0.05), workdir="/runs/ft")
 
 `source` is a pretraining work directory (its newest checkpoint is used), one checkpoint directory
-(`.../checkpoints/ckpt-<step>`), or a `.keras` model file; empty trains the same architecture from scratch with the
+(`.../checkpoints/ckpt-<step>`), a `.keras` model file, or a preset directory (`keras_nfnet.presets`, e.g. released
+weights converted by `trainers/convert_weights.py`); empty trains the same architecture from scratch with the
 same budget (the baseline a fine-tuning result should beat). The work directory receives `results.json`,
 `model.keras` (final weights), `model_ema.keras` (weight averages, when `ema`) and TensorBoard logs.
 """
@@ -41,7 +42,7 @@ RESULTS_FILE = "results.json"
 @dataclasses.dataclass
 class FinetuneConfig:
     # what to start from
-    source: str = ""               # pretrain workdir | checkpoint dir | .keras file | "" = from scratch
+    source: str = ""               # pretrain workdir | checkpoint dir | .keras file | preset dir | "" = from scratch
     variant: str = ""              # architecture when training from scratch (ignored otherwise)
     # data
     corpus: str = ""
@@ -109,7 +110,7 @@ def validate(config):
                          f"got {config.variant!r}")
     if config.source and not os.path.exists(config.source):
         raise FileNotFoundError(f"source {config.source} does not exist (a pretrain workdir, a checkpoint "
-                                "directory or a .keras file)")
+                                "directory, a .keras file or a preset directory)")
     for name in ("image_size", "eval_image_size", "eval_batch_size"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0 = default); got {getattr(config, name)}")
@@ -163,7 +164,11 @@ def _classes_in_weights(weights_file):
 
 
 def load_pretrained(source):
-    """The pretrained NFNet (weights loaded, not compiled) from a workdir, checkpoint dir or .keras file."""
+    """The pretrained NFNet (weights loaded, not compiled) from a workdir, checkpoint dir, .keras file or preset."""
+    from keras_nfnet import presets
+
+    if presets.is_preset(source):
+        return presets.load_nfnet(source)
     if source.endswith(".keras"):
         model = keras.saving.load_model(source, compile=False)
         if not isinstance(model, NFNet):
@@ -185,7 +190,7 @@ def replace_head(pretrained, num_classes, dropout_rate=None, stochastic_depth_ra
     """
     model = NFNet(pretrained.variant, num_classes=num_classes, activation=pretrained.activation,
                   stochastic_depth_rate=stochastic_depth_rate, dropout_rate=dropout_rate,
-                  input_shape=(None, None, 3), dtype=dtype)
+                  input_shape=(None, None, 3), dtype=dtype, numerics=pretrained.numerics)
     copied = []
     for layer in model.layers:
         if not layer.weights or layer.name == "classifier":

@@ -24,9 +24,24 @@ ACTIVATION_GAMMAS = {
 }
 
 
-def _apply_activation(name, x):
+# Which reference implementation's arithmetic the layers reproduce. "deepmind" (default): the tanh-form GELU and
+# the weight-standardisation floor rsqrt(max(var * fan_in, 1e-4)); "timm": exact erf GELU and
+# 1 / sqrt(fan_in * (var + 1e-5)), so weights used in timm give timm's outputs. Same weights, same shapes.
+NUMERICS = ("deepmind", "timm")
+WS_EPS = {"deepmind": 1e-4, "timm": 1e-5}
+
+
+def check_numerics(numerics):
+    """Return `numerics` if it is one of NUMERICS, else raise a ValueError naming the accepted values."""
+    if numerics not in NUMERICS:
+        raise ValueError(f"Unknown numerics {numerics!r}; use one of {', '.join(NUMERICS)}.")
+    return numerics
+
+
+def _apply_activation(name, x, numerics="deepmind"):
     if name == "gelu":
-        return ops.gelu(x, approximate=True)  # tanh approximation, JAX's default (not Keras's)
+        # tanh approximation: JAX's default (not Keras's), which DeepMind used; timm uses the exact erf form
+        return ops.gelu(x, approximate=numerics == "deepmind")
     if name == "relu":
         return ops.relu(x)
     if name == "silu":
@@ -57,19 +72,20 @@ def check_activation(name):
 class ScaledActivation(keras.layers.Layer):
     """`gamma * act(x)`, with gamma chosen so that the output has unit variance for unit-Gaussian input."""
 
-    def __init__(self, activation="gelu", **kwargs):
+    def __init__(self, activation="gelu", numerics="deepmind", **kwargs):
         super().__init__(**kwargs)
         self.activation = check_activation(activation)
+        self.numerics = check_numerics(numerics)
         self.gamma = ACTIVATION_GAMMAS[activation]
 
     def call(self, inputs):
-        return _apply_activation(self.activation, inputs) * ops.cast(self.gamma, inputs.dtype)
+        return _apply_activation(self.activation, inputs, self.numerics) * ops.cast(self.gamma, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "activation": self.activation}
+        return {**super().get_config(), "activation": self.activation, "numerics": self.numerics}
 
 
 # How a grouped convolution is computed. One definition of the math, three kernels:
@@ -139,16 +155,18 @@ class WSConv2D(keras.layers.Layer):
     """Scaled weight-standardised 2D convolution with a learnable per-channel gain and a bias, SAME padding.
 
     w_hat = (w - mean) * gain / sqrt(max(var * fan_in, 1e-4)), with mean and (biased) variance over the
-    kernel's (height, width, in/groups) axes and fan_in = kh * kw * in_channels / groups.
+    kernel's (height, width, in/groups) axes and fan_in = kh * kw * in_channels / groups. With numerics="timm":
+    w_hat = (w - mean) * gain / sqrt(fan_in * (var + 1e-5)). `eps` None = the numerics' constant.
     """
 
-    def __init__(self, filters, kernel_size=1, strides=1, groups=1, eps=1e-4, **kwargs):
+    def __init__(self, filters, kernel_size=1, strides=1, groups=1, eps=None, numerics="deepmind", **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
         self.groups = int(groups)
-        self.eps = float(eps)
+        self.numerics = check_numerics(numerics)
+        self.eps = float(WS_EPS[self.numerics] if eps is None else eps)
         if self.filters < 1 or self.kernel_size < 1 or self.strides < 1 or self.groups < 1:
             raise ValueError(
                 f"WSConv2D needs positive filters, kernel_size, strides and groups; got filters={filters}, "
@@ -180,8 +198,10 @@ class WSConv2D(keras.layers.Layer):
         fan_in = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
         mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
         var = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
-        # 1e-4 floors var * fan_in (DeepMind's formula); it is not an epsilon added inside the root.
-        scale = ops.rsqrt(ops.maximum(var * fan_in, self.eps)) * ops.convert_to_tensor(self.gain)
+        if self.numerics == "timm":
+            scale = ops.rsqrt((var + self.eps) * fan_in) * ops.convert_to_tensor(self.gain)
+        else:  # eps floors var * fan_in (DeepMind's formula); it is not an epsilon added inside the root
+            scale = ops.rsqrt(ops.maximum(var * fan_in, self.eps)) * ops.convert_to_tensor(self.gain)
         return kernel * scale - mean * scale
 
     def call(self, inputs):
@@ -203,6 +223,7 @@ class WSConv2D(keras.layers.Layer):
             "strides": self.strides,
             "groups": self.groups,
             "eps": self.eps,
+            "numerics": self.numerics,
         }
 
 
@@ -278,7 +299,8 @@ class NFBlock(keras.layers.Layer):
     """
 
     def __init__(self, in_channels, out_channels, mid_channels, group_width, se_channels, strides=1,
-                 alpha=0.2, beta=1.0, stochastic_depth_rate=0.0, activation="gelu", seed=None, **kwargs):
+                 alpha=0.2, beta=1.0, stochastic_depth_rate=0.0, activation="gelu", seed=None, numerics="deepmind",
+                 **kwargs):
         super().__init__(**kwargs)
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
@@ -291,6 +313,7 @@ class NFBlock(keras.layers.Layer):
         self.stochastic_depth_rate = float(stochastic_depth_rate)
         self.activation = check_activation(activation)
         self.seed = seed
+        self.numerics = check_numerics(numerics)
         if self.mid_channels < self.group_width or self.mid_channels % self.group_width:
             raise ValueError(
                 f"NFBlock '{self.name}': mid_channels ({mid_channels}) must be a positive multiple of "
@@ -298,15 +321,14 @@ class NFBlock(keras.layers.Layer):
             )
         groups = self.mid_channels // self.group_width
         policy = self.dtype_policy
-        self.act = ScaledActivation(activation, dtype=policy, name="act")
-        self.conv0 = WSConv2D(self.mid_channels, 1, dtype=policy, name="conv0")
-        self.conv1 = WSConv2D(self.mid_channels, 3, strides=self.strides, groups=groups, dtype=policy, name="conv1")
-        self.conv1b = WSConv2D(self.mid_channels, 3, groups=groups, dtype=policy, name="conv1b")
-        self.conv2 = WSConv2D(self.out_channels, 1, dtype=policy, name="conv2")
+        ws = dict(numerics=self.numerics, dtype=policy)
+        self.act = ScaledActivation(activation, name="act", **ws)
+        self.conv0 = WSConv2D(self.mid_channels, 1, name="conv0", **ws)
+        self.conv1 = WSConv2D(self.mid_channels, 3, strides=self.strides, groups=groups, name="conv1", **ws)
+        self.conv1b = WSConv2D(self.mid_channels, 3, groups=groups, name="conv1b", **ws)
+        self.conv2 = WSConv2D(self.out_channels, 1, name="conv2", **ws)
         self.use_projection = self.strides > 1 or self.in_channels != self.out_channels
-        self.conv_shortcut = (
-            WSConv2D(self.out_channels, 1, dtype=policy, name="conv_shortcut") if self.use_projection else None
-        )
+        self.conv_shortcut = WSConv2D(self.out_channels, 1, name="conv_shortcut", **ws) if self.use_projection else None
         self.se = SqueezeExcite(self.out_channels, self.se_channels, dtype=policy, name="se")
         self.stochastic_depth = (
             StochasticDepth(self.stochastic_depth_rate, seed=seed, dtype=policy, name="stochastic_depth")
@@ -377,4 +399,5 @@ class NFBlock(keras.layers.Layer):
             "stochastic_depth_rate": self.stochastic_depth_rate,
             "activation": self.activation,
             "seed": self.seed,
+            "numerics": self.numerics,
         }

@@ -1,7 +1,7 @@
 """`NFNet`: a functional keras.Model built from a variant row (F0-F7, F0+-F7+, or the small CPU rows)."""
 import keras
 
-from keras_nfnet.layers import NFBlock, ScaledActivation, WSConv2D, check_activation
+from keras_nfnet.layers import NFBlock, ScaledActivation, WSConv2D, check_activation, check_numerics
 from keras_nfnet.variants import NFNetVariant, VARIANTS, get_variant
 
 
@@ -71,15 +71,18 @@ class NFNet(keras.Model):
         pooling: without the top, None returns the final feature map, "avg"/"max" a pooled vector.
         input_shape: (height, width, 3); height/width may be None (any resolution).
         dtype: a Keras dtype policy name, e.g. "mixed_bfloat16"; None uses the global policy.
+        numerics: "deepmind" (default) or "timm": whose GELU and weight-standardisation arithmetic to reproduce
+            (`keras_nfnet.layers.NUMERICS`).
 
     Inputs are normalised float RGB images, channels-last.
     """
 
     def __init__(self, variant="F0", num_classes=1000, activation="gelu", stochastic_depth_rate=0.25,
                  dropout_rate=None, include_top=True, pooling=None, input_shape=(None, None, 3), dtype=None,
-                 name=None, **kwargs):
+                 name=None, numerics="deepmind", **kwargs):
         row = get_variant(variant)
         check_activation(activation)
+        check_numerics(numerics)
         if include_top and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int with include_top=True; got {num_classes!r}.")
         if pooling not in (None, "avg", "max"):
@@ -93,15 +96,8 @@ class NFNet(keras.Model):
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (height, width, 3); got {input_shape}.")
         policy = _dtype_policy(dtype)
-        check = InputCheck(row.min_image_size, dtype=policy, name="input_check")
-        check.check_shape((None,) + input_shape)
-
         inputs = keras.Input(shape=input_shape, name="images")
-        x = check(inputs)
-        x = self._stem(x, row, activation, policy)
-        x = self._stages(x, row, activation, stochastic_depth_rate, policy)
-        x = WSConv2D(row.final_conv_multiplier * row.widths[-1], 1, dtype=policy, name="final_conv")(x)
-        x = ScaledActivation(activation, dtype=policy, name="final_act")(x)
+        x, _ = feature_maps(inputs, row, activation, stochastic_depth_rate, policy, numerics)
         if include_top:
             x = keras.layers.GlobalAveragePooling2D(dtype=policy, name="avg_pool")(x)
             if drop > 0:
@@ -128,47 +124,11 @@ class NFNet(keras.Model):
         self.dropout_rate = dropout_rate
         self.include_top = include_top
         self.pooling = pooling
+        self.numerics = numerics
         self.image_shape = input_shape
         if dtype is not None:
             self.dtype_policy = policy
         self.variant_row = row
-
-    @staticmethod
-    def _stem(x, row, activation, policy):
-        widths = list(row.stem_widths) + [row.stem_out_width]
-        for i, width in enumerate(widths):
-            x = WSConv2D(width, 3, strides=2 if i in (0, 3) else 1, dtype=policy, name=f"stem_conv{i}")(x)
-            if i < 3:  # no activation after the last stem conv: each block pre-activates its input
-                x = ScaledActivation(activation, dtype=policy, name=f"stem_act{i}")(x)
-        return x
-
-    @staticmethod
-    def _stages(x, row, activation, stochastic_depth_rate, policy):
-        num_blocks = sum(row.depths)
-        index = 0
-        expected_std = 1.0
-        in_channels = row.stem_out_width
-        for stage, (depth, width, stride) in enumerate(zip(row.depths, row.widths, row.strides)):
-            for b in range(depth):
-                x = NFBlock(
-                    in_channels, width,
-                    mid_channels=row.mid_width(width),
-                    group_width=row.group_width,
-                    se_channels=max(1, int(width * row.se_ratio)),
-                    strides=stride if b == 0 else 1,
-                    alpha=row.alpha,
-                    beta=1.0 / expected_std,
-                    stochastic_depth_rate=stochastic_depth_rate * index / num_blocks,
-                    activation=activation,
-                    dtype=policy,
-                    name=f"stage{stage}_block{b}",
-                )(x)
-                in_channels = width
-                index += 1
-                if b == 0:
-                    expected_std = 1.0  # a transition block's shortcut re-normalises the residual stream
-                expected_std = (expected_std ** 2 + row.alpha ** 2) ** 0.5
-        return x
 
     @property
     def blocks(self):
@@ -191,6 +151,7 @@ class NFNet(keras.Model):
             "pooling": self.pooling,
             "input_shape": list(self.image_shape),
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "numerics": self.numerics,
         }
 
     @classmethod
@@ -199,6 +160,63 @@ class NFNet(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+def feature_maps(inputs, row, activation, stochastic_depth_rate, policy, numerics="deepmind"):
+    """Stem, stages and the final 1x1 conv + activation on a Keras tensor `inputs` of images.
+
+    Returns (final feature map, [each stage's output]). NFNet and NFNetBackbone share it, so their layer names
+    and weights are the same.
+    """
+    check = InputCheck(row.min_image_size, dtype=policy, name="input_check")
+    check.check_shape(tuple(inputs.shape))
+    x = _stem(check(inputs), row, activation, policy, numerics)
+    x, stage_outputs = _stages(x, row, activation, stochastic_depth_rate, policy, numerics)
+    x = WSConv2D(row.final_conv_multiplier * row.widths[-1], 1, numerics=numerics, dtype=policy,
+                 name="final_conv")(x)
+    x = ScaledActivation(activation, numerics=numerics, dtype=policy, name="final_act")(x)
+    return x, stage_outputs
+
+
+def _stem(x, row, activation, policy, numerics):
+    widths = list(row.stem_widths) + [row.stem_out_width]
+    for i, width in enumerate(widths):
+        x = WSConv2D(width, 3, strides=2 if i in (0, 3) else 1, numerics=numerics, dtype=policy,
+                     name=f"stem_conv{i}")(x)
+        if i < 3:  # no activation after the last stem conv: each block pre-activates its input
+            x = ScaledActivation(activation, numerics=numerics, dtype=policy, name=f"stem_act{i}")(x)
+    return x
+
+
+def _stages(x, row, activation, stochastic_depth_rate, policy, numerics):
+    num_blocks = sum(row.depths)
+    index = 0
+    expected_std = 1.0
+    in_channels = row.stem_out_width
+    stage_outputs = []
+    for stage, (depth, width, stride) in enumerate(zip(row.depths, row.widths, row.strides)):
+        for b in range(depth):
+            x = NFBlock(
+                in_channels, width,
+                mid_channels=row.mid_width(width),
+                group_width=row.group_width,
+                se_channels=max(1, int(width * row.se_ratio)),
+                strides=stride if b == 0 else 1,
+                alpha=row.alpha,
+                beta=1.0 / expected_std,
+                stochastic_depth_rate=stochastic_depth_rate * index / num_blocks,
+                activation=activation,
+                numerics=numerics,
+                dtype=policy,
+                name=f"stage{stage}_block{b}",
+            )(x)
+            in_channels = width
+            index += 1
+            if b == 0:
+                expected_std = 1.0  # a transition block's shortcut re-normalises the residual stream
+            expected_std = (expected_std ** 2 + row.alpha ** 2) ** 0.5
+        stage_outputs.append(x)
+    return x, stage_outputs
 
 
 def expected_std_schedule(variant):

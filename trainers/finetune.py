@@ -4,7 +4,9 @@
         --image_size=48 --eval_image_size=64 --epochs=5 --sam_rho=0.05 --repeats=2
 
 Every field of `keras_nfnet.finetune.FinetuneConfig` is a flag of the same name (defaults: the NFNet fine-tuning
-recipe). Without --source the same architecture (--variant) is trained from scratch with the same budget.
+recipe). --source is a pretraining workdir, a checkpoint directory, a .keras file or a preset directory (e.g. released
+weights converted by trainers/convert_weights.py). Without --source the same architecture (--variant) is trained
+from scratch with the same budget.
 """
 import logging
 
