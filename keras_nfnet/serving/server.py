@@ -53,6 +53,8 @@ class _DroppingBuffer(OverflowableBuffer):
 
 
 def _channel_class(max_request_bytes):
+    """A waitress channel whose parser drops bodies over `max_request_bytes` (or, with `Expect: 100-continue`,
+    answers before the body is sent)."""
     class BoundedBodyParser(HTTPRequestParser):
         def parse_header(self, header_plus):
             super().parse_header(header_plus)
