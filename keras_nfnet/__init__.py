@@ -1,10 +1,20 @@
 """keras-nfnet: normalizer-free ResNets (NFNet F0-F7, F0+-F7+), Adaptive Gradient Clipping and the tools to
 repeat "ConvNets Match Vision Transformers at Scale" at your own scale.
 
-Public names are loaded lazily so that `import keras_nfnet` stays cheap and a submodule's dependencies (for
-example TensorFlow for the input pipeline) are only imported when that part is used.
+Public names are loaded lazily: a submodule's own dependencies (for example the input pipeline's) are only
+imported when that part is used. The Keras classes a saved model names (`keras_nfnet>NFNet`, `>WSConv2D`,
+`>AGC`, ...) are registered on import, so `import keras_nfnet; keras.saving.load_model("model.keras")` works in a
+fresh process. That imports Keras (and its backend); a process where Keras cannot be imported (the TensorFlow-only
+model server) skips the registration.
+
+The command-line apps (`trainers/`, `datasets/`, `benchmarks/` of this repository) are quiet by default:
+TensorFlow's C++ start-up lines (INFO, and on a machine with a CUDA library but no GPU the "failed call to
+cuInit" ERROR of its CUDA platform) are hidden with TF_CPP_MIN_LOG_LEVEL=3 unless the user set that variable;
+KERAS_NFNET_VERBOSE=1 brings everything back. Importing the package from other programs changes nothing.
 """
 import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -98,3 +108,38 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(list(globals()) + __all__)
+
+
+_APP_DIRS = ("trainers", "datasets", "benchmarks")
+
+
+def _running_an_app():
+    """Whether the main program is one of this repository's command-line apps."""
+    main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    app_dir = os.path.dirname(main)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.basename(app_dir) in _APP_DIRS and os.path.dirname(app_dir) == root and main.endswith(".py")
+
+
+def _quiet_native_logs_of_apps():
+    # Must run before TensorFlow is imported: its C++ logging reads the variable once.
+    if os.environ.get("KERAS_NFNET_VERBOSE") or "tensorflow" in sys.modules or not _running_an_app():
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+# The modules whose classes are @keras.saving.register_keras_serializable(package="keras_nfnet").
+_SERIALIZABLE_MODULES = ("layers", "models", "losses", "agc", "optimizers", "backbone", "classifier", "image_converter")
+
+
+def _register_keras_classes():
+    try:
+        import keras  # noqa: F401
+    except ImportError:
+        return
+    for module in _SERIALIZABLE_MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+
+
+_quiet_native_logs_of_apps()
+_register_keras_classes()

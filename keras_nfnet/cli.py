@@ -1,6 +1,8 @@
 """What the command-line apps share: a user error (bad flag value, missing file, bad corpus) ends the process
 with one `error: ...` line and exit status 2 instead of a traceback. Set KERAS_NFNET_TRACEBACK=1 to see the
-traceback anyway."""
+traceback anyway. TensorFlow's own Python INFO lines (SavedModel signature renaming, checkpoint sharding, ...) are
+hidden too; KERAS_NFNET_VERBOSE=1 shows them (see also `keras_nfnet/__init__.py` for its C++ lines)."""
+import logging
 import os
 import sys
 
@@ -13,6 +15,8 @@ def run(main):
     """`absl.app.run(main)`, with user errors reported as one line; main's return value is the exit status."""
 
     def guarded(argv):
+        if not os.environ.get("KERAS_NFNET_VERBOSE"):
+            logging.getLogger("tensorflow").setLevel(logging.WARNING)
         try:
             return main(argv)
         except USER_ERRORS as error:

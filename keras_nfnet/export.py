@@ -8,8 +8,9 @@ the graph (so a served prediction equals an evaluation-time prediction):
   `top_k_ids` (int32 [batch, k]), `top_k_names` (string [batch, k]);
 - `predict_images`: `images` (uint8 [batch, height, width, 3], RGB) -> the same outputs.
 
-Class names travel as the asset `assets/class_names.txt` (one per line, line i = class i) read by a lookup table,
-and an optional warm-up file `assets.extra/tf_serving_warmup_requests` (TF Serving's PredictionLog TFRecord, one
+Class names travel as the asset `assets/class_names.txt` (one per line, line i = class i) read by a lookup table;
+the evaluation view inside the graph (image size, crop fraction, resize side, normalisation) is written to
+`assets.extra/preprocessing.json` for people and tools (the graph does not read it); and an optional warm-up file `assets.extra/tf_serving_warmup_requests` (TF Serving's PredictionLog TFRecord, one
 request per signature) lets TF Serving run both graphs once before it reports the model AVAILABLE. A version
 directory is written under a temporary name and renamed into place, so a server watching the base path never sees
 a half-written version.
@@ -22,6 +23,7 @@ so no function in the SavedModel carries `_XlaMustCompile`, on whatever machine 
 header, every GIF frame descriptor) gives the pixels the decoder would allocate, and an item declaring more than
 `max_image_pixels` fails the batch with an `InvalidArgumentError` naming the item, its size and the limit.
 """
+import json
 import math
 import os
 import shutil
@@ -39,6 +41,7 @@ BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 CLASS_NAMES_ASSET = "class_names.txt"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+PREPROCESSING_FILE = os.path.join("assets.extra", "preprocessing.json")
 
 # The form grouped convolutions take in the exported graph (see keras_nfnet.layers.use_grouped_conv_form): "split"
 # has no XLA-only function, so a stock tensorflow_model_server (XLA off) runs it. Tests set "native" for a control.
@@ -62,6 +65,8 @@ def next_version(model_dir):
 
 
 def _infer_image_size(model, image_size):
+    if image_size is None:
+        image_size = getattr(model, "eval_image_size", None)  # an NFNet's own evaluation view
     if image_size is not None:
         if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
@@ -214,10 +219,10 @@ def _check_image_sizes(image_bytes, max_pixels):
     return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])
 
 
-def _eval_input(image, image_size):
+def _eval_input(image, image_size, crop_fraction):
     """The one place the export's image preprocessing lives: the evaluation view of a decoded uint8 [H, W, 3]
     image, normalised (what `keras_nfnet.data.preprocess` gives evaluation), float32 [size, size, 3]."""
-    return preprocess.normalize_image(preprocess.eval_image(image, image_size))
+    return preprocess.eval_input(image, image_size, crop_fraction)
 
 
 # Images preprocessed at once per request. Each decoded image costs about 16 bytes per pixel while it is resized
@@ -225,7 +230,7 @@ def _eval_input(image, image_size):
 PARALLEL_IMAGES = 2
 
 
-def _build_endpoints(model, image_size, top_k, class_table, apply_softmax, max_image_pixels):
+def _build_endpoints(model, image_size, crop_fraction, top_k, class_table, apply_softmax, max_image_pixels):
     def classify(batch):
         logits = model(batch, training=False)
         logits = tf.cast(logits, tf.float32)
@@ -242,11 +247,12 @@ def _build_endpoints(model, image_size, top_k, class_table, apply_softmax, max_i
         with tf.control_dependencies([_check_image_bytes(image_bytes)]):
             sizes_ok = _check_image_sizes(image_bytes, max_image_pixels)
         with tf.control_dependencies([sizes_ok]):
-            batch = eval_batch(lambda b: _eval_input(preprocess.decode_image(b), image_size), image_bytes)
+            batch = eval_batch(lambda b: _eval_input(preprocess.decode_image(b), image_size, crop_fraction),
+                               image_bytes)
         return classify(batch)
 
     def from_images(images):
-        return classify(eval_batch(lambda image: _eval_input(image, image_size), images))
+        return classify(eval_batch(lambda image: _eval_input(image, image_size, crop_fraction), images))
 
     return from_bytes, from_images
 
@@ -284,6 +290,7 @@ def export_for_serving(
     version=None,
     class_names=None,
     image_size=None,
+    crop_fraction="model",
     top_k=5,
     apply_softmax=True,
     warmup=True,
@@ -299,7 +306,10 @@ def export_for_serving(
       model_name: the name clients address (`/v1/models/<model_name>`): letters, digits, `-`, `_`, `.`.
       version: positive int; default one more than the largest existing version.
       class_names: one name per output class (default "0", "1", ...), shipped as an asset.
-      image_size: the evaluation resolution inside the graph; default the model's static input size.
+      image_size: the evaluation resolution inside the graph; default the model's `eval_image_size` (an NFNet
+        fine-tuned by keras_nfnet carries it), else its static input size.
+      crop_fraction: the evaluation view's crop fraction (`keras_nfnet.data.preprocess.eval_image`); default
+        the model's `crop_fraction`; None (or a model without one) = the papers' size / (size + 32).
       top_k: how many class ids and names each prediction returns (capped at the number of classes).
       apply_softmax: the model returns logits (True, as NFNet does) or already returns probabilities (False).
       warmup: also write `assets.extra/tf_serving_warmup_requests` (needs tensorflow-serving-api).
@@ -318,6 +328,11 @@ def export_for_serving(
     if os.path.exists(final_dir):
         raise ValueError(f"{final_dir} already exists; choose another version (next free: {next_version(model_dir)})")
     image_size = _infer_image_size(model, image_size)
+    if crop_fraction == "model":
+        crop_fraction = getattr(model, "crop_fraction", None)
+    crop_fraction = preprocess.check_crop_fraction(crop_fraction)
+    if crop_fraction is None:
+        crop_fraction = preprocess.paper_crop_fraction(image_size)
     num_classes = int(model.output_shape[-1])
     class_names = _check_class_names(class_names, num_classes)
     if not isinstance(top_k, int) or top_k <= 0:
@@ -344,8 +359,8 @@ def export_for_serving(
             ),
             default_value="",
         )
-        from_bytes, from_images = _build_endpoints(model, image_size, top_k, class_table, apply_softmax,
-                                                   max_image_pixels)
+        from_bytes, from_images = _build_endpoints(model, image_size, crop_fraction, top_k, class_table,
+                                                   apply_softmax, max_image_pixels)
         saved_dir = os.path.join(work_dir, "saved_model")
         # Traced (and saved) with one ordinary convolution per group: no XLA-only function, on any machine.
         with layers.use_grouped_conv_form(GROUPED_CONV_FORM):
@@ -361,8 +376,10 @@ def export_for_serving(
                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
             )
             archive.write_out(saved_dir, verbose=False)
+        os.makedirs(os.path.join(saved_dir, "assets.extra"), exist_ok=True)
+        with open(os.path.join(saved_dir, PREPROCESSING_FILE), "w") as f:
+            json.dump(preprocessing_metadata(image_size, crop_fraction), f, indent=1)
         if warmup:
-            os.makedirs(os.path.join(saved_dir, "assets.extra"), exist_ok=True)
             with tf.io.TFRecordWriter(os.path.join(saved_dir, WARMUP_FILE)) as writer:
                 for record in _warmup_records(model_name, image_size):
                     writer.write(record)
@@ -373,10 +390,30 @@ def export_for_serving(
         print(
             f"exported {model_name} version {version} to {final_dir}: signatures {BYTES_SIGNATURE}"
             f"({BYTES_INPUT}), {IMAGES_SIGNATURE}({IMAGES_INPUT}); {num_classes} classes, top-{top_k}, "
-            f"{image_size} px, at most {max_image_pixels} pixels per image" + (", warm-up requests" if warmup else ""),
+            f"{preprocessing_metadata(image_size, crop_fraction)['view']}, at most {max_image_pixels} pixels per "
+            "image" + (", warm-up requests" if warmup else ""),
             flush=True,
         )
     return final_dir
+
+
+def preprocessing_metadata(image_size, crop_fraction):
+    """What `assets.extra/preprocessing.json` says about the graph's evaluation view."""
+    resize = preprocess.eval_resize_size(image_size, crop_fraction)
+    view = f"the whole image resized to {image_size}x{image_size} px (bicubic, antialiased)" if resize == image_size \
+        else f"the whole image resized to {resize}x{resize} px (bicubic, antialiased), centre-cropped to " \
+             f"{image_size}x{image_size} px"
+    return {
+        "image_size": image_size, "crop_fraction": crop_fraction, "resize_size": resize,
+        "view": f"{view} (crop fraction {crop_fraction:.4g})",
+        "mean_rgb": list(preprocess.MEAN_RGB), "stddev_rgb": list(preprocess.STDDEV_RGB),
+    }
+
+
+def read_preprocessing(export_dir):
+    """The evaluation view an export was written with (`assets.extra/preprocessing.json`)."""
+    with open(os.path.join(export_dir, PREPROCESSING_FILE), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def read_class_names(export_dir):

@@ -7,9 +7,16 @@ recipe (NFNET_SPEC.md section 4), and top-1/top-5 evaluation with raw and EMA we
 
 `source` is a pretraining work directory (its newest checkpoint is used), one checkpoint directory
 (`.../checkpoints/ckpt-<step>`), a `.keras` model file, or a preset directory (`keras_nfnet.presets`, e.g. released
-weights converted by `trainers/convert_weights.py`); empty trains the same architecture from scratch with the
-same budget (the baseline a fine-tuning result should beat). The work directory receives `results.json`,
-`model.keras` (final weights), `model_ema.keras` (weight averages, when `ema`) and TensorBoard logs.
+weights converted by `trainers/convert_weights.py`); `from_scratch=True` with a `variant` instead trains that
+architecture from random initialisation with the same budget (the baseline a fine-tuning result should beat).
+The work directory receives `results.json`, `model.keras` (final weights), `model_ema.keras` (weight averages,
+when `ema`) and TensorBoard logs.
+
+The evaluation view is (eval_image_size, crop_fraction) (`keras_nfnet.data.preprocess.eval_image`). It is chosen
+to match the training view: with the Inception crop (`crop=True`, ImageNet-like data) the papers' protocol,
+evaluation at image_size + 32 with crop fraction size / (size + 32); without it (`crop=False`: the image as a
+whole is what the model learns from) the whole image at the training resolution. It is stored in both saved
+models (NFNet's `eval_image_size` and `crop_fraction`), so evaluation, export and serving see images alike.
 """
 import dataclasses
 import json
@@ -25,33 +32,41 @@ import tensorflow as tf
 
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
+from keras_nfnet.data import preprocess
 from keras_nfnet.losses import recipe_loss
 from keras_nfnet.models import NFNet
 from keras_nfnet.optimizers import nfnet_optimizer
 from keras_nfnet.sam import REDUCTIONS, enable_sam
 from keras_nfnet.training import keras_workarounds
 from keras_nfnet.training import strategy as strategy_lib
-from keras_nfnet.training.callbacks import StopAtStep
+from keras_nfnet.training.callbacks import StepProgress, StopAtStep
 from keras_nfnet.training.checkpoint import WEIGHTS_FILE, CheckpointManager
 from keras_nfnet.variants import VARIANTS, get_variant
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
+# Evaluation split names the converters write (image folders' "test", TFDS's "test" / "validation") and the
+# pretraining corpora's "holdout", in the order a job looks for them.
+EVAL_SPLITS = ("test", "validation", "holdout")
 
 
 @dataclasses.dataclass
 class FinetuneConfig:
     # what to start from
-    source: str = ""               # pretrain workdir | checkpoint dir | .keras file | preset dir | "" = from scratch
+    source: str = ""               # pretrain workdir | checkpoint dir | .keras file | preset dir
+    from_scratch: bool = False     # no source: train `variant` from random initialisation (the baseline)
     variant: str = ""              # architecture when training from scratch (ignored otherwise)
     # data
     corpus: str = ""
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str = ""           # "" = the first of EVAL_SPLITS the corpus has
     image_size: int = 0            # fine-tuning px; 0 = the variant's test resolution (higher than pretraining)
-    eval_image_size: int = 0       # evaluation px; 0 = image_size + 32 (NFNET_SPEC: evaluate above train px)
-    crop: bool = True
-    flip: bool = True
+    eval_image_size: int = 0       # evaluation px; 0 = image_size + 32 with crop (NFNET_SPEC), else image_size
+    crop_fraction: float = 0.0     # evaluation view: resize to eval px / crop_fraction, centre-crop eval px;
+                                   # 0 = size / (size + 32) with crop (the papers' view), 1.0 (whole image) without
+    crop: bool = True              # Inception crop (8-100% of the area): ImageNet-like photos; off when the
+                                   # content fills the frame (digits, documents, centred objects)
+    flip: bool = True              # horizontal flip: off when mirrored images mean something else (text, digits)
     randaugment_layers: int = 0
     randaugment_magnitude: float = 10.0
     mixup_cutmix: bool = False
@@ -105,15 +120,22 @@ def validate(config):
     """Raise ValueError for a bad config before any heavy work."""
     if not config.corpus or not os.path.isfile(os.path.join(config.corpus, corpus_lib.METADATA_FILE)):
         raise ValueError(f"corpus must be a corpus directory holding {corpus_lib.METADATA_FILE}; got {config.corpus!r}")
-    if not config.source and config.variant not in VARIANTS:
-        raise ValueError(f"training from scratch (no source) needs variant, one of {sorted(VARIANTS)}; "
-                         f"got {config.variant!r}")
+    if config.source and config.from_scratch:
+        raise ValueError(f"give either source ({config.source!r}) or from_scratch, not both")
+    if not config.source and not config.from_scratch:
+        raise ValueError("give source (a pretrain workdir, a checkpoint directory, a .keras file or a preset) to fine-tune, "
+                         "or from_scratch=True with a variant to train from random initialisation")
+    if config.from_scratch and config.variant not in VARIANTS:
+        raise ValueError(f"training from scratch needs variant, one of {sorted(VARIANTS)}; got {config.variant!r}")
     if config.source and not os.path.exists(config.source):
         raise FileNotFoundError(f"source {config.source} does not exist (a pretrain workdir, a checkpoint "
                                 "directory, a .keras file or a preset directory)")
     for name in ("image_size", "eval_image_size", "eval_batch_size"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0 = default); got {getattr(config, name)}")
+    if config.crop_fraction != 0 and not 0 < config.crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1] (1 = the whole image) or 0 (default: from crop); got "
+                         f"{config.crop_fraction:g}")
     if config.epochs <= 0 or config.global_batch_size < 1:
         raise ValueError(f"epochs must be > 0 and global_batch_size >= 1; got {config.epochs}, "
                          f"{config.global_batch_size}")
@@ -126,8 +148,50 @@ def validate(config):
         raise ValueError("stochastic_depth_rate must be in [0, 1) and dropout_rate < 1")
     if config.ema and not 0 < config.ema_max_decay < 1:
         raise ValueError(f"ema_max_decay must be in (0, 1); got {config.ema_max_decay}")
-    if not 0 <= config.warmup_epochs < config.epochs:
-        raise ValueError(f"warmup_epochs must be in [0, epochs={config.epochs:g}); got {config.warmup_epochs:g}")
+    if config.warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0; got {config.warmup_epochs:g}")
+
+
+def find_eval_split(info, eval_split=""):
+    """The split to evaluate: `eval_split` if given (ValueError naming the corpus' splits if missing), else the
+    first of EVAL_SPLITS the corpus has."""
+    if eval_split:
+        info.split(eval_split)
+        return eval_split
+    for name in EVAL_SPLITS:
+        if name in info.splits:
+            return name
+    raise ValueError(f"corpus {info.directory} has none of the evaluation splits {EVAL_SPLITS} (it has "
+                     f"{sorted(info.splits)}): pass eval_split")
+
+
+def eval_view(config, image_size):
+    """(eval_image_size, crop_fraction) of a run: the explicit settings, else the view that matches training."""
+    if config.crop:  # Inception-crop training: the papers' view, above the training resolution (FixRes)
+        eval_size = config.eval_image_size or image_size + preprocess.EVAL_PADDING
+        return eval_size, config.crop_fraction or preprocess.paper_crop_fraction(eval_size)
+    # The model learnt from whole images at image_size: show it whole images at that size.
+    return config.eval_image_size or image_size, config.crop_fraction or 1.0
+
+
+def augmentations(config):
+    """The training view in words, for the log: which augmentations apply."""
+    parts = ["Inception crop (8-100% of the area, aspect 3/4-4/3)" if config.crop else "whole image (no crop)",
+             "horizontal flip" if config.flip else "no flip"]
+    if config.randaugment_layers:
+        parts.append(f"RandAugment {config.randaugment_layers} layers, magnitude {config.randaugment_magnitude:g}")
+    if config.mixup_cutmix:
+        parts.append("MixUp/CutMix")
+    if config.repeats > 1:
+        parts.append(f"repeated augmentation x{config.repeats}")
+    return ", ".join(parts) + ", bicubic resize"
+
+
+def describe_eval_view(eval_size, crop_fraction):
+    resize = preprocess.eval_resize_size(eval_size, crop_fraction)
+    if resize == eval_size:
+        return f"whole image resized to {eval_size} px (crop fraction {crop_fraction:g})"
+    return f"resize to {resize} px, centre-crop {eval_size} px (crop fraction {crop_fraction:.4g})"
 
 
 # --- the pretrained model -------------------------------------------------------------------------------------
@@ -182,15 +246,18 @@ def load_pretrained(source):
     return model
 
 
-def replace_head(pretrained, num_classes, dropout_rate=None, stochastic_depth_rate=0.1, dtype=None):
+def replace_head(pretrained, num_classes, dropout_rate=None, stochastic_depth_rate=0.1, dtype=None,
+                 eval_image_size=None, crop_fraction=None):
     """A new NFNet of the same variant with a fresh `num_classes` classifier and every other weight copied.
 
-    Dropout and stochastic depth are the fine-tuning overrides (they have no weights). The input is
-    resolution-agnostic, so the model trains and evaluates at any size. Returns (model, names of copied layers).
+    Dropout and stochastic depth are the fine-tuning overrides (they have no weights); eval_image_size and
+    crop_fraction the new model's evaluation view. The input is resolution-agnostic, so the model trains and
+    evaluates at any size. Returns (model, names of copied layers).
     """
     model = NFNet(pretrained.variant, num_classes=num_classes, activation=pretrained.activation,
                   stochastic_depth_rate=stochastic_depth_rate, dropout_rate=dropout_rate,
-                  input_shape=(None, None, 3), dtype=dtype, numerics=pretrained.numerics)
+                  input_shape=(None, None, 3), dtype=dtype, numerics=pretrained.numerics,
+                  eval_image_size=eval_image_size, crop_fraction=crop_fraction)
     copied = []
     for layer in model.layers:
         if not layer.weights or layer.name == "classifier":
@@ -206,13 +273,20 @@ def replace_head(pretrained, num_classes, dropout_rate=None, stochastic_depth_ra
 
 # --- evaluation -----------------------------------------------------------------------------------------------
 
-def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5)):
+_MODEL_VIEW = "model"
+
+
+def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5), crop_fraction=_MODEL_VIEW):
     """{"top1", "top5", "loss", "examples"} over every example of `split` (evaluation preprocessing).
 
-    A prediction counts as correct at k when any of its k best classes is a label of the example (for single-
-    label corpora: the label is among the k best). k is capped at the number of classes.
+    The evaluation view is (image_size, crop_fraction); crop_fraction defaults to the model's own (NFNet's
+    `crop_fraction`; None there, or a model without one, means the papers' size / (size + 32)). A prediction
+    counts as correct at k when any of its k best classes is a label of the example (for single-label corpora:
+    the label is among the k best). k is capped at the number of classes.
     """
-    ds = pipeline.eval_dataset(corpus, split, batch_size, image_size)
+    if crop_fraction == _MODEL_VIEW:
+        crop_fraction = getattr(model, "crop_fraction", None)
+    ds = pipeline.eval_dataset(corpus, split, batch_size, image_size, crop_fraction=crop_fraction)
     predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
     correct = {k: 0.0 for k in ks}
     loss_sum, count = 0.0, 0.0
@@ -267,32 +341,41 @@ def finetune(config, workdir, strategy=None):
     os.makedirs(workdir, exist_ok=True)
     info = corpus_lib.load_metadata(config.corpus)
     num_train = info.split(config.train_split).num_examples
-    info.split(config.eval_split)  # fails early, naming the known splits, when the eval split is missing
+    eval_split = find_eval_split(info, config.eval_split)  # fails early, naming the known splits
     if strategy is None:
         strategy = strategy_lib.make_strategy(config.strategy, config.num_cpu_devices)
     pretrained = load_pretrained(config.source) if config.source else None
     variant = pretrained.variant if pretrained is not None else config.variant
     row = get_variant(variant)
     image_size = config.image_size or row.test_image_size
-    eval_size = config.eval_image_size or image_size + 32
+    eval_size, crop_fraction = eval_view(config, image_size)
     steps = max(1, int(round(config.epochs * num_train / config.global_batch_size)))
-    # Rounding can make warmup reach the whole (tiny) run; the cosine needs at least one step after it.
-    warmup = min(int(round(config.warmup_epochs * num_train / config.global_batch_size)), steps - 1)
+    # The cosine needs at least one step after the warm-up: a short run (--epochs=1 with the default warm-up of
+    # one epoch) gets a warm-up of half its steps, reported below.
+    asked_warmup = int(round(config.warmup_epochs * num_train / config.global_batch_size))
+    warmup = min(asked_warmup, steps // 2) if asked_warmup >= steps else asked_warmup
     dropout = None if config.dropout_rate < 0 else config.dropout_rate
-    print(f"fine-tuning {variant} {'from ' + config.source if pretrained is not None else 'from scratch'} on "
+    print(f"{'fine-tuning' if pretrained is not None else 'training'} {variant} "
+          f"{'from ' + config.source if pretrained is not None else 'from scratch (random initialisation)'} on "
           f"{config.corpus} ({info.num_classes} classes, {num_train} train images) at {image_size} px: {steps} "
-          f"steps of {config.global_batch_size} ({config.epochs:g} epochs, repeats {config.repeats}), SAM rho "
-          f"{config.sam_rho if config.sam_rho > 0 else 'off'}, AGC {config.agc_clip if config.agc_clip > 0 else 'off'}"
-          f", EMA {'on' if config.ema else 'off'}; evaluation at {eval_size} px", flush=True)
+          f"steps of {config.global_batch_size} ({config.epochs:g} epochs, repeats {config.repeats}), warm-up "
+          f"{warmup} steps" + (f" (clamped from {asked_warmup}: the run has {steps})" if warmup != asked_warmup
+                               else "")
+          + f", SAM rho {config.sam_rho if config.sam_rho > 0 else 'off'}, AGC "
+          f"{config.agc_clip if config.agc_clip > 0 else 'off'}, EMA {'on' if config.ema else 'off'}", flush=True)
+    print(f"training view: {augmentations(config)}", flush=True)
+    print(f"evaluation view: {describe_eval_view(eval_size, crop_fraction)}", flush=True)
 
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         if pretrained is not None:
-            model, copied = replace_head(pretrained, info.num_classes, dropout, config.stochastic_depth_rate)
+            model, copied = replace_head(pretrained, info.num_classes, dropout, config.stochastic_depth_rate,
+                                         eval_image_size=eval_size, crop_fraction=crop_fraction)
             log.info("copied %d pretrained layers; new classifier for %d classes", len(copied), info.num_classes)
         else:
             model = NFNet(variant, num_classes=info.num_classes, stochastic_depth_rate=config.stochastic_depth_rate,
-                          dropout_rate=dropout, input_shape=(None, None, 3))
+                          dropout_rate=dropout, input_shape=(None, None, 3), eval_image_size=eval_size,
+                          crop_fraction=crop_fraction)
         optimizer = nfnet_optimizer(base_learning_rate=config.base_learning_rate,
                                     batch_size=config.global_batch_size, total_steps=steps, warmup_steps=warmup,
                                     weight_decay=config.weight_decay,
@@ -323,21 +406,22 @@ def finetune(config, workdir, strategy=None):
             config.corpus, config.train_split, config.global_batch_size, config.seed, step, config.repeats))]
 
     with pipeline.naming_undecodable_images(config.corpus, suspects):
+        progress = [StepProgress(steps, config.global_batch_size, num_train)] if config.verbose else []
         model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-steps // interval),
-                  steps_per_epoch=interval, verbose=config.verbose,
+                  steps_per_epoch=interval, verbose=0, shuffle=False,  # the sampler shuffles already
                   # StopAtStep ends the last, partial interval exactly where the learning-rate schedule ends.
-                  callbacks=[StopAtStep(steps), _TrainScalars(writer), final])
+                  callbacks=[StopAtStep(steps), _TrainScalars(writer), final] + progress)
 
     eval_batch = config.eval_batch_size or config.global_batch_size
     results = {}
     if config.ema:
         # With use_ema, `fit` ends by copying the weight averages into the model: evaluate and save those, then
         # put the final raw weights back.
-        results["ema"] = topk_accuracy(model, config.corpus, config.eval_split, eval_size, eval_batch)
+        results["ema"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch)
         model.save(os.path.join(workdir, "model_ema.keras"))
         for variable, value in zip(model.trainable_variables, final.values):
             variable.assign(value)
-    results["raw"] = topk_accuracy(model, config.corpus, config.eval_split, eval_size, eval_batch)
+    results["raw"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch)
     model.save(os.path.join(workdir, "model.keras"))
     best = max(results, key=lambda k: results[k]["top1"])
     summary = {
@@ -347,8 +431,10 @@ def finetune(config, workdir, strategy=None):
         "eval_loss": results["raw"]["loss"], "eval_examples": results["raw"]["examples"],
         "best_weights": best, "best_model": os.path.join(workdir, "model.keras" if best == "raw" else
                                                          "model_ema.keras"),
-        "variant": variant, "source": config.source or None, "image_size": image_size,
-        "eval_image_size": eval_size, "steps": steps, "final_step": int(model.optimizer.iterations.numpy()),
+        "variant": variant, "source": config.source or None, "from_scratch": pretrained is None, "eval_split": eval_split,
+        "image_size": image_size, "eval_image_size": eval_size, "crop_fraction": crop_fraction,
+        "eval_resize": preprocess.eval_resize_size(eval_size, crop_fraction), "training_view": augmentations(config),
+        "steps": steps, "warmup_steps": warmup, "final_step": int(model.optimizer.iterations.numpy()),
         "train_images_seen": steps * config.global_batch_size,
         "class_names": list(info.class_names), "seconds": round(time.time() - started, 1),
         "config": config.to_dict(),
@@ -362,8 +448,8 @@ def finetune(config, workdir, strategy=None):
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
     os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
-    line = f"{config.eval_split} ({summary['eval_examples']} images, {eval_size} px): top-1 {summary['top1']:.4f} " \
-           f"top-5 {summary['top5']:.4f}"
+    line = f"{eval_split} ({summary['eval_examples']} images, {eval_size} px, crop fraction " \
+           f"{crop_fraction:g}): top-1 {summary['top1']:.4f} top-5 {summary['top5']:.4f}"
     if config.ema:
         line += f"; EMA top-1 {summary['top1_ema']:.4f} top-5 {summary['top5_ema']:.4f}"
     print(line + f"; results in {os.path.join(workdir, RESULTS_FILE)}", flush=True)

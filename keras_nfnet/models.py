@@ -73,14 +73,23 @@ class NFNet(keras.Model):
         dtype: a Keras dtype policy name, e.g. "mixed_bfloat16"; None uses the global policy.
         numerics: "deepmind" (default) or "timm": whose GELU and weight-standardisation arithmetic to reproduce
             (`keras_nfnet.layers.NUMERICS`).
+        eval_image_size, crop_fraction: the model's evaluation view (`keras_nfnet.data.preprocess.eval_image`),
+            saved with it so that evaluation, export and serving see images the same way; None = not set (the
+            variant's test resolution and the papers' size / (size + 32) crop are used).
 
     Inputs are normalised float RGB images, channels-last.
     """
 
     def __init__(self, variant="F0", num_classes=1000, activation="gelu", stochastic_depth_rate=0.25,
                  dropout_rate=None, include_top=True, pooling=None, input_shape=(None, None, 3), dtype=None,
-                 name=None, numerics="deepmind", **kwargs):
+                 name=None, numerics="deepmind", eval_image_size=None, crop_fraction=None, **kwargs):
         row = get_variant(variant)
+        if eval_image_size is not None and (isinstance(eval_image_size, bool) or not isinstance(eval_image_size, int)
+                                            or eval_image_size < 1):
+            raise ValueError(f"eval_image_size must be a positive int or None; got {eval_image_size!r}.")
+        if crop_fraction is not None and (isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float))
+                                          or not 0.0 < crop_fraction <= 1.0):
+            raise ValueError(f"crop_fraction must be in (0, 1] or None; got {crop_fraction!r}.")
         check_activation(activation)
         check_numerics(numerics)
         if include_top and (not isinstance(num_classes, int) or num_classes < 1):
@@ -126,6 +135,8 @@ class NFNet(keras.Model):
         self.pooling = pooling
         self.numerics = numerics
         self.image_shape = input_shape
+        self.eval_image_size = eval_image_size
+        self.crop_fraction = None if crop_fraction is None else float(crop_fraction)
         if dtype is not None:
             self.dtype_policy = policy
         self.variant_row = row
@@ -152,6 +163,8 @@ class NFNet(keras.Model):
             "input_shape": list(self.image_shape),
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "numerics": self.numerics,
+            "eval_image_size": self.eval_image_size,
+            "crop_fraction": self.crop_fraction,
         }
 
     @classmethod

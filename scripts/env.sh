@@ -24,5 +24,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
 fi
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# Quiet by default: TensorFlow's C++ start-up lines, and on a machine with a CUDA library but no GPU the
+# "failed call to cuInit" ERROR of its CUDA platform. KERAS_NFNET_VERBOSE=1 (demo.sh --verbose) shows them.
+if [ -z "${KERAS_NFNET_VERBOSE:-}" ]; then
+  export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+fi
 cd "$ROOT"

@@ -75,3 +75,40 @@ def test_train_image_is_a_function_of_the_seed_and_crops_within_the_area_range()
 def test_bad_image_size_is_a_clear_error(size):
     with pytest.raises(ValueError, match="image_size"):
         preprocess.eval_image(tf.zeros([8, 8, 3], tf.uint8), size)
+
+
+@pytest.mark.parametrize("size, fraction, resize", [(32, 1.0, 32), (32, 0.875, 37), (64, 64 / 96, 96), (24, 0.5, 48)])
+def test_eval_view_is_resize_to_size_over_crop_fraction_then_centre_crop(size, fraction, resize):
+    image = _smooth_image(70, 53)
+    assert preprocess.eval_resize_size(size, fraction) == resize == round(size / fraction)
+    # Reference: PIL bicubic resize of the whole image to round(size / crop_fraction)^2, numpy centre crop.
+    big = np.asarray(Image.fromarray(image).resize((resize, resize), Image.BICUBIC), np.float32)
+    off = (resize - size) // 2
+    expected = big[off:off + size, off:off + size]
+    got = preprocess.eval_image(tf.constant(image), size, fraction).numpy()
+    assert got.shape == (size, size, 3) and np.abs(got - expected).mean() < 2.0
+    if off + 4 + size <= resize:  # a crop off-centre by 4 px is clearly worse
+        shifted = big[off + 4:off + 4 + size, off:off + size]
+        assert np.abs(got - shifted).mean() > 2 * np.abs(got - expected).mean()
+
+
+def test_papers_view_is_the_default_and_equals_its_crop_fraction():
+    image = tf.constant(_smooth_image(50, 61))
+    for size in (16, 32, 64, 256):
+        assert preprocess.eval_resize_size(size, preprocess.paper_crop_fraction(size)) == size + 32
+        np.testing.assert_array_equal(preprocess.eval_image(image, 16).numpy(),
+                                      preprocess.eval_image(image, 16, preprocess.paper_crop_fraction(16)).numpy())
+
+
+def test_whole_image_view_equals_the_training_view_without_crop_and_flip():
+    image = tf.constant(_smooth_image(45, 38))
+    for seed in ([0, 1], [5, 9]):
+        np.testing.assert_array_equal(preprocess.eval_image(image, 32, 1.0).numpy(),
+                                      preprocess.train_image(image, 32, tf.constant(seed), crop=False,
+                                                             flip=False).numpy())
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5, float("nan"), True, "0.9"])
+def test_bad_crop_fraction_is_a_clear_error(fraction):
+    with pytest.raises(ValueError, match="crop_fraction must be in"):
+        preprocess.eval_image(tf.zeros([8, 8, 3], tf.uint8), 8, fraction)

@@ -13,6 +13,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -25,6 +27,7 @@ FORMAT_KEY = "image/format"
 LABEL_KEY = "image/class/label"
 ID_KEY = "image/id"
 IMAGE_FORMATS = ("jpeg", "png")
+MIXED_FORMATS = "mixed"  # metadata's image_format when records differ (each record names its own format)
 
 
 def feature_spec():
@@ -172,8 +175,10 @@ class CorpusWriter:
         with CorpusWriter(out_dir, num_classes=10) as writer:
             writer.add("train", jpeg_bytes, labels=[3], example_id=0)
 
-    Shards are written to a temporary name and renamed when full, and `metadata.json` is written last
-    (atomically), so a directory with metadata is always complete.
+    The corpus is written aside, in a hidden folder next to `out_dir` (`.<name>.partial-*`), and published by
+    renaming that folder to `out_dir` once it is complete (`out_dir` must not exist or be an empty folder). A
+    conversion that fails (an exception inside the `with`) removes its folder, so it leaves nothing behind and
+    the same command can simply run again; a process killed outright leaves only the hidden folder.
     """
 
     def __init__(self, out_dir, num_classes, class_names=None, multi_label=False, image_format="jpeg",
@@ -191,8 +196,13 @@ class CorpusWriter:
             raise ValueError(f"got {len(class_names)} class_names for num_classes={num_classes}")
         if os.path.exists(os.path.join(out_dir, METADATA_FILE)):
             raise ValueError(f"{out_dir} already holds a corpus ({METADATA_FILE} exists); choose an empty directory")
-        os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+            raise ValueError(f"{out_dir} exists and is not an empty directory; choose a new or empty directory")
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        os.makedirs(parent, exist_ok=True)
         self.out_dir = out_dir
+        self._staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-",
+                                         dir=parent)
         self.num_classes = num_classes
         self.class_names = class_names
         self.multi_label = bool(multi_label)
@@ -204,13 +214,20 @@ class CorpusWriter:
         self._shards = {}  # split -> list of shard dicts
         self._counts = {}
         self._freq = {}
+        self._formats = set()
         self._ids = set()
         self._closed = False
 
-    def add(self, split, image_bytes, labels, example_id):
-        """Append one image with its label list and a corpus-unique integer id to `split`."""
+    def add(self, split, image_bytes, labels, example_id, image_format=None):
+        """Append one image with its label list and a corpus-unique integer id to `split`.
+
+        `image_format` ("jpeg" or "png") is this record's encoding; default the writer's.
+        """
         if self._closed:
             raise ValueError("CorpusWriter is closed")
+        image_format = image_format or self.image_format
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
         if not split or not str(split).isidentifier():
             raise ValueError(f"split names must be identifiers like 'train' or 'holdout', got {split!r}")
         labels = [int(v) for v in np.atleast_1d(labels)]
@@ -228,8 +245,9 @@ class CorpusWriter:
         shard = self._open.get(split)
         if shard is None:
             number = len(self._shards.setdefault(split, []))
-            shard = self._open[split] = _ShardWriter(os.path.join(self.out_dir, f"{split}-{number:05d}.tfrecord"))
-        shard.write(encode_example(image_bytes, sorted(set(labels)), example_id, self.image_format))
+            shard = self._open[split] = _ShardWriter(os.path.join(self._staging, f"{split}-{number:05d}.tfrecord"))
+        shard.write(encode_example(image_bytes, sorted(set(labels)), example_id, image_format))
+        self._formats.add(image_format)
         self._counts[split] = self._counts.get(split, 0) + 1
         freq = self._freq.setdefault(split, np.zeros(self.num_classes, np.int64))
         freq[sorted(set(labels))] += 1
@@ -238,9 +256,13 @@ class CorpusWriter:
             del self._open[split]
 
     def close(self):
-        """Finish open shards and write `metadata.json`; returns its path."""
+        """Finish open shards, write `metadata.json` and publish the corpus at `out_dir`; returns the metadata's
+        path. A corpus with no example is an error (ValueError) and publishes nothing."""
         if self._closed:
             return os.path.join(self.out_dir, METADATA_FILE)
+        if not self._counts:
+            self.abort()
+            raise ValueError(f"no example was written: nothing published at {self.out_dir}")
         for split, shard in self._open.items():
             self._shards[split].append(shard.close())
         self._open = {}
@@ -251,7 +273,7 @@ class CorpusWriter:
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "multi_label": self.multi_label,
-            "image_format": self.image_format,
+            "image_format": self._formats.pop() if len(self._formats) == 1 else MIXED_FORMATS,
             "record_format": "tfrecord of tf.train.Example; index: <u8 pairs (offset, payload_length)",
             "features": {"image": IMAGE_KEY, "format": FORMAT_KEY, "labels": LABEL_KEY, "id": ID_KEY},
             "splits": {
@@ -263,12 +285,24 @@ class CorpusWriter:
                 for split in sorted(self._shards)
             },
         }
-        path = os.path.join(self.out_dir, METADATA_FILE)
-        with open(path + ".tmp", "w") as f:
+        with open(os.path.join(self._staging, METADATA_FILE), "w") as f:
             json.dump(meta, f, indent=1)
-        os.replace(path + ".tmp", path)
+        try:  # replaces an empty directory atomically; fails on a non-empty one
+            os.rename(self._staging, self.out_dir)
+        except OSError as err:
+            self.abort()
+            raise ValueError(f"cannot publish the corpus at {self.out_dir}: {err.strerror} (it must be a new or "
+                             "empty directory)") from err
         self._closed = True
-        return path
+        return os.path.join(self.out_dir, METADATA_FILE)
+
+    def abort(self):
+        """Drop everything written so far (nothing is published)."""
+        for shard in self._open.values():
+            shard.file.close()
+        self._open = {}
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._closed = True
 
     def __enter__(self):
         return self
@@ -276,6 +310,5 @@ class CorpusWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close()
-        else:  # leave no metadata: a half-written corpus must not look complete
-            for shard in self._open.values():
-                shard.file.close()
+        else:  # a failed conversion leaves nothing behind
+            self.abort()

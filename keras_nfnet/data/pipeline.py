@@ -154,13 +154,15 @@ def _parse_checked(payload, where, num_classes, on_bad_record):
 class _Builder:
     """Shared per-example and per-batch stages of the train and eval pipelines."""
 
-    def __init__(self, info, shard_names, image_size, seed, on_bad_record, train, crop=True, flip=True, mix=False):
+    def __init__(self, info, shard_names, image_size, seed, on_bad_record, train, crop=True, flip=True, mix=False,
+                 crop_fraction=None):
         self.num_classes = info.num_classes
         self.shard_names = list(shard_names)
         self.image_size = image_size
         self.seed = tf.constant([seed & 0x7FFFFFFFFFFFFFFF, 0x6E666E6574], tf.int64)  # (seed, "nfnet")
         self.on_bad_record = on_bad_record
         self.train, self.crop, self.flip, self.mix = train, crop, flip, mix
+        self.crop_fraction = crop_fraction
         # Training under "raise" has no padding rows and fails on any bad one, so every row that gets here is
         # good and the per-row branches can go (decode+augment went from 0.91 to 0.95 of the plain pipeline).
         self.rows_always_good = train and on_bad_record == "raise"
@@ -193,7 +195,7 @@ class _Builder:
             image = preprocess.decode_image(data)
             if self.train:
                 return preprocess.train_image(image, size, seeds[0], crop=self.crop, flip=self.flip)
-            return preprocess.eval_image(image, size)
+            return preprocess.eval_image(image, size, self.crop_fraction)
 
         # Multi-hot (one-hot for a single label); out-of-range ids give zero rows and an invalid record.
         label_vec = tf.minimum(tf.reduce_sum(tf.one_hot(labels, c, dtype=tf.float32), axis=0), 1.0)
@@ -366,19 +368,22 @@ def eval_steps(corpus_dir, split, global_batch_size):
     return -(-n // global_batch_size)
 
 
-def eval_dataset(corpus_dir, split, global_batch_size, image_size, input_context=None, *, on_bad_record="raise",
-                 bad_record_report=None, with_info=False, num_parallel_calls=tf.data.AUTOTUNE):
+def eval_dataset(corpus_dir, split, global_batch_size, image_size, input_context=None, *, crop_fraction=None,
+                 on_bad_record="raise", bad_record_report=None, with_info=False,
+                 num_parallel_calls=tf.data.AUTOTUNE):
     """Finite stream covering every example of `split` exactly once, in corpus order.
 
     Elements are (images, labels, weights): the last global batch is padded to a static shape with zero images
-    whose weight is 0, so weighted metrics count each real example once. Eval preprocessing: resize to
-    (size + 32)^2 bicubic, centre-crop size^2, normalise.
+    whose weight is 0, so weighted metrics count each real example once. Eval preprocessing: the evaluation view
+    `preprocess.eval_image(image, image_size, crop_fraction)` (None = the papers' resize to (size + 32)^2 and
+    centre crop; 1.0 = the whole image), then normalise.
     """
     _check_common(split, image_size, on_bad_record, global_batch_size)
+    crop_fraction = preprocess.check_crop_fraction(crop_fraction)
     hosts, host, batch = _host_setup(global_batch_size, input_context)
     info, reader = _open_split(corpus_dir, split)
     sampler = StepSampler(reader.num_records, global_batch_size, 0, shuffle=False, num_hosts=hosts, host=host)
-    builder = _Builder(info, reader.names, image_size, 0, on_bad_record, train=False)
+    builder = _Builder(info, reader.names, image_size, 0, on_bad_record, train=False, crop_fraction=crop_fraction)
     if on_bad_record == "skip" and bad_record_report is None:
         bad_record_report = BadRecordReport()
     steps = -(-reader.num_records // global_batch_size)

@@ -1,17 +1,27 @@
-"""Image preprocessing for NFNets: decode, Inception crop, flip, bicubic resize, normalise, eval crop.
+"""Image preprocessing for NFNets: decode, Inception crop, flip, bicubic resize, normalise, evaluation view.
 
 Pure TensorFlow functions on single images (HWC), usable inside `tf.data` and inside a SavedModel graph.
 All randomness is stateless: a training transform takes an explicit `[2]` int seed, so the same (seed, example
 position) always gives the same pixels (needed for exact resume). Constants follow NFNET_SPEC section 2 and the
 evaluation protocol of section 4.
+
+The evaluation view is defined by (image_size, crop_fraction) and nothing else: the whole image is resized
+(bicubic, antialiased, to a square, ignoring its aspect ratio) to `eval_resize_size(image_size, crop_fraction)` =
+round(image_size / crop_fraction) per side, clipped to [0, 255], centre-cropped to image_size (offset
+(resized - image_size) // 2), then normalised. crop_fraction 1.0 is the whole image, which equals the training
+view with crop and flip off; the papers' ImageNet protocol ("resize to size + 32, centre-crop size") is
+`paper_crop_fraction(image_size)` = size / (size + 32), the default when crop_fraction is None. Evaluation,
+export and serving all call `eval_image` / `preprocess_for_eval`, so one implementation defines the view.
 """
+import math
+
 import tensorflow as tf
 
 # ImageNet statistics on the [0, 255] scale (NFNET_SPEC section 2).
 MEAN_RGB = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
 STDDEV_RGB = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
 
-# Evaluation: resize the whole image to (size + EVAL_PADDING)^2, then centre-crop size^2.
+# The papers' evaluation: resize the whole image to (size + EVAL_PADDING)^2, then centre-crop size^2.
 EVAL_PADDING = 32
 
 # Inception-style crop ranges (NFNET_SPEC section 4).
@@ -63,21 +73,53 @@ def center_crop(image, crop_size):
     return image[top:top + crop_size, left:left + crop_size, :]
 
 
-def eval_image(image, image_size):
-    """Evaluation view of a decoded image: resize whole image to (size+32)^2 bicubic, centre-crop size^2.
+def paper_crop_fraction(image_size):
+    """The NFNet papers' ImageNet evaluation view as a crop fraction: size / (size + 32)."""
+    _check_size(image_size)
+    return image_size / (image_size + EVAL_PADDING)
+
+
+def check_crop_fraction(crop_fraction):
+    """A crop fraction in (0, 1] as a float (ValueError otherwise); None stays None (the papers' view)."""
+    if crop_fraction is None:
+        return None
+    if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float)) \
+            or not math.isfinite(crop_fraction) or not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1] (1 = the whole image), got {crop_fraction!r}")
+    return float(crop_fraction)
+
+
+def eval_resize_size(image_size, crop_fraction=None):
+    """Side the whole image is resized to before the centre crop: round(image_size / crop_fraction)."""
+    _check_size(image_size)
+    crop_fraction = check_crop_fraction(crop_fraction)
+    if crop_fraction is None:
+        return image_size + EVAL_PADDING
+    return max(image_size, int(round(image_size / crop_fraction)))
+
+
+def eval_image(image, image_size, crop_fraction=None):
+    """Evaluation view of a decoded image: resize the whole image to `eval_resize_size(image_size,
+    crop_fraction)` squared (bicubic), centre-crop image_size squared. crop_fraction None = the papers' view.
 
     Returns float32 [size, size, 3] in [0, 255] (not normalised: call `normalize_image`).
     """
-    _check_size(image_size)
-    resized = resize_bicubic(image, image_size + EVAL_PADDING, image_size + EVAL_PADDING)
-    cropped = center_crop(resized, image_size)
-    cropped.set_shape([image_size, image_size, 3])
-    return cropped
+    resize = eval_resize_size(image_size, crop_fraction)
+    image = resize_bicubic(image, resize, resize)
+    if resize != image_size:
+        image = center_crop(image, image_size)
+    image.set_shape([image_size, image_size, 3])
+    return image
 
 
-def preprocess_for_eval(image_bytes, image_size):
-    """Encoded bytes -> normalised float32 [size, size, 3] evaluation input (the serving graph uses this)."""
-    return normalize_image(eval_image(decode_image(image_bytes), image_size))
+def eval_input(image, image_size, crop_fraction=None):
+    """Decoded image -> normalised float32 [size, size, 3] evaluation input (the export's graph uses this)."""
+    return normalize_image(eval_image(image, image_size, crop_fraction))
+
+
+def preprocess_for_eval(image_bytes, image_size, crop_fraction=None):
+    """Encoded bytes -> normalised float32 [size, size, 3] evaluation input."""
+    return eval_input(decode_image(image_bytes), image_size, crop_fraction)
 
 
 def inception_crop(image, seed, area_range=CROP_AREA_RANGE, aspect_ratio_range=CROP_ASPECT_RANGE):

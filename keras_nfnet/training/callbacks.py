@@ -7,6 +7,7 @@ then StopAtStep, Checkpointing, TrainingScalars, HeldOutLoss.
 import logging
 import math
 import signal
+import time
 
 import keras
 import numpy as np
@@ -126,6 +127,32 @@ def _scalar(value):
         return float(value.numpy() if hasattr(value, "numpy") else value)
     except (TypeError, ValueError):
         return None
+
+
+class StepProgress(keras.callbacks.Callback):
+    """One line per Keras "epoch" in the run's own units: optimizer steps of the run and epochs of the corpus.
+
+    The jobs give `model.fit` short "epochs" (a logging or checkpoint interval) over one long stream, so Keras'
+    own progress ("Epoch 13/13") counts intervals, not anything the user asked for. Prints e.g.
+    `step 84/168 (epoch 2.00/4 of the corpus): loss 0.4123, 35 s`; the loss is the mean over the interval.
+    """
+
+    def __init__(self, total_steps, global_batch_size, num_examples, label="step"):
+        super().__init__()
+        self.total_steps, self.batch, self.num_examples = total_steps, global_batch_size, num_examples
+        self.label = label
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = global_step(self.model)
+        epochs_done = step * self.batch / self.num_examples
+        epochs_total = self.total_steps * self.batch / self.num_examples
+        loss = _scalar((logs or {}).get("loss"))
+        print(f"{self.label} {step}/{self.total_steps} (epoch {epochs_done:.2f}/{epochs_total:.3g} of the corpus): "
+              + (f"loss {loss:.4f}, " if loss is not None else "") + f"{time.time() - self._start:.0f} s", flush=True)
 
 
 class TrainingScalars(keras.callbacks.Callback):

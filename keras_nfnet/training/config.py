@@ -58,7 +58,7 @@ class PretrainConfig:
     eval_every_steps: int = 500
     log_every_steps: int = 10
     peak_flops_per_device: float = 0.0  # FLOP/s of one device for MFU; 0 = measure it at start
-    verbose: int = 1               # progress bar (1; one line per interval when not a terminal), line (2), none (0)
+    verbose: int = 1               # one progress line per eval interval, in steps and corpus epochs (> 0), none (0)
     max_steps: int = 0             # stop early at this step (keeps the schedule of the full budget); 0 = off
 
     def to_dict(self):

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 
 import keras
@@ -55,12 +54,6 @@ class PretrainResult:
     workdir: str
     tensorboard_dir: str
     weights_sha256: str         # fingerprint of the final weights (equal on every worker of a synchronous job)
-
-
-def _progress_mode(verbose):
-    """The Keras progress bar redraws one line: fine in a terminal, noise in a log file, where one line per
-    interval (verbose=2) reads better."""
-    return 2 if verbose == 1 and not sys.stdout.isatty() else verbose
 
 
 def _corpus_fingerprint(corpus_dir):
@@ -167,6 +160,8 @@ def pretrain(config, workdir, strategy=None):
     callbacks = [guard, cb.StopAtStep(last_step), cb.TrainingScalars(writer, clock, config.log_every_steps,
                                                                     config.global_batch_size),
                  checkpointing, heldout]
+    if chief and config.verbose:  # progress in steps of the run and epochs of the corpus, not Keras' intervals
+        callbacks.append(cb.StepProgress(steps_total, config.global_batch_size, num_train))
 
     def suspects():  # where an anonymous image-decoding error in fit can come from: the training steps being
         step = global_step_of(model)  # read, then the held-out split (evaluated inside fit)
@@ -183,7 +178,7 @@ def pretrain(config, workdir, strategy=None):
                               epochs=-(-last_step // epoch_len), initial_epoch=start_step // epoch_len,
                               steps_per_epoch=epoch_len, callbacks=callbacks,
                               shuffle=False,  # the stream is already shuffled, per epoch, by the exactly-once sampler
-                              verbose=_progress_mode(config.verbose) if chief else 0)
+                              verbose=0)
         finally:
             preemption.restore()
             writer.flush()
