@@ -1,6 +1,6 @@
 """Fine-tuning from a pretraining checkpoint vs training the same architecture from scratch, same budget.
 
-    python benchmarks/finetune_vs_scratch.py --source=/runs/pretrain --corpus=/data/digits --epochs=6
+    python benchmarks/finetune_vs_scratch.py --source=/runs/pretrain --corpus=/data/digits --epochs=6 --crop=false
 
 Runs trainers' fine-tuning job twice with one FinetuneConfig, once from `--source` and once from random
 initialisation (the baseline, run in the same process), and prints top-1/top-5 (raw and EMA) with the ratio of
@@ -29,10 +29,12 @@ def main(argv):
         raise app.UsageError("--source (a pretraining workdir or .keras file) is required")
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="ft_vs_scratch_")
     pretrained = finetune(config, os.path.join(root, "finetuned"))
-    scratch = finetune(dataclasses.replace(config, source="", variant=pretrained["variant"]),
+    scratch = finetune(dataclasses.replace(config, source="", from_scratch=True, variant=pretrained["variant"]),
                        os.path.join(root, "scratch"))
     print(f"\n{pretrained['steps']} steps of {config.global_batch_size} images at {pretrained['image_size']} px, "
-          f"evaluated on {pretrained['eval_examples']} images at {pretrained['eval_image_size']} px")
+          f"evaluated on {pretrained['eval_examples']} images of split {pretrained['eval_split']} at "
+          f"{pretrained['eval_image_size']} px, crop fraction {pretrained['crop_fraction']:.4g}; training view: "
+          f"{pretrained['training_view']}")
     print(f"{'metric':<10} {'from scratch':>13} {'fine-tuned':>11} {'ratio':>7}")
     for metric in ("top1", "top5", "top1_ema", "top5_ema"):
         if scratch[metric] is None:

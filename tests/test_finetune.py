@@ -126,15 +126,18 @@ def test_finetune_job_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"corpus": "/nonexistent"}, "corpus must be a corpus directory"),
-    ({"source": "", "variant": "F99"}, "needs variant"),
+    ({"variant": "F99"}, "needs variant"),
+    ({"from_scratch": False}, "give source .* or from_scratch"),
+    ({"source": "/some/run"}, "either source .* or from_scratch"),
+    ({"crop_fraction": 1.5}, "crop_fraction must be in"),
+    ({"warmup_epochs": -1.0}, "warmup_epochs must be >= 0"),
     ({"repeats": 3}, "divide global_batch_size"),
     ({"sam_reduction": "mean"}, "sam_reduction"),
-    ({"source": "/nonexistent/run"}, "does not exist"),
-    ({"epochs": 1.0, "warmup_epochs": 1.0}, "warmup_epochs must be in"),
+    ({"source": "/nonexistent/run", "from_scratch": False}, "does not exist"),
 ])
 def test_bad_config(tmp_path, change, message):
     config = dataclasses.replace(ft.FinetuneConfig(corpus=_corpus(tmp_path / "c", 6, 6), variant="tiny",
-                                                   global_batch_size=16), **change)
+                                                   from_scratch=True, global_batch_size=16), **change)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         ft.finetune(config, str(tmp_path / "w"))
 
@@ -158,8 +161,8 @@ def test_digits_corpus(tmp_path):
 
 def test_an_image_the_decoder_rejects_is_named_in_training_and_in_evaluation(tmp_path):
     corpus = _corpus(tmp_path / "c", n_train=16, n_test=8, undecodable=(5, 16 + 3))
-    config = ft.FinetuneConfig(corpus=corpus, variant="tiny", image_size=32, eval_image_size=32, epochs=1.0,
-                               global_batch_size=8, warmup_epochs=0.0, verbose=0)
+    config = ft.FinetuneConfig(corpus=corpus, variant="tiny", from_scratch=True, image_size=32, eval_image_size=32,
+                               epochs=1.0, global_batch_size=8, warmup_epochs=0.0, verbose=0)
     with pytest.raises(ValueError, match=r"split 'train' .* shard train-00000.tfrecord record 5: .*Invalid PNG"):
         ft.finetune(config, str(tmp_path / "w"))
     with pytest.raises(ValueError, match=r"split 'test' .* shard test-00000.tfrecord record 3: .*Invalid PNG"):

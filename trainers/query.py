@@ -60,11 +60,15 @@ def main(argv):
             with open(path, "rb") as f:
                 items.append((f.read(), None))
     predictions = predict(FLAGS.url, [image for image, _ in items], FLAGS.timeout)
+    right = 0
     for i, ((_, truth), prediction) in enumerate(zip(items, predictions)):
         ranked = ", ".join(f"{name} {prediction['probabilities'][cid]:.3f}"
                            for name, cid in zip(prediction["top_k_names"], prediction["top_k_ids"]))
         label = f" (true: {truth})" if truth is not None else (f" ({argv[1 + i]})" if not FLAGS.corpus else "")
         print(f"image {i}{label}: {ranked}")
+        right += truth is not None and prediction["top_k_names"][0] in truth.split(", ")
+    if FLAGS.corpus:
+        print(f"{right} of {len(items)} top-1 predictions right")
 
 
 if __name__ == "__main__":
