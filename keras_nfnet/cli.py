@@ -7,6 +7,7 @@ import os
 import sys
 
 from absl import app
+from absl import logging as absl_logging
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 
@@ -16,7 +17,11 @@ def run(main):
 
     def guarded(argv):
         if not os.environ.get("KERAS_NFNET_VERBOSE"):
+            # TensorFlow logs through absl and through its own logger. The verbosity, not the absl logger's level:
+            # TensorFlow sets the verbosity to FATAL and back while saving. The apps' own messages stay.
+            absl_logging.set_verbosity(absl_logging.WARNING)
             logging.getLogger("tensorflow").setLevel(logging.WARNING)
+            logging.getLogger("keras_nfnet").setLevel(logging.INFO)
         try:
             return main(argv)
         except USER_ERRORS as error:

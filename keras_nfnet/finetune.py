@@ -91,7 +91,7 @@ class FinetuneConfig:
     num_cpu_devices: int = 2
     eval_batch_size: int = 0       # 0 = global_batch_size
     seed: int = 0
-    verbose: int = 2
+    verbose: int = 1               # one progress line per corpus epoch (> 0), none (0)
 
     def to_dict(self):
         return dataclasses.asdict(self)

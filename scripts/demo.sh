@@ -28,7 +28,7 @@ python datasets/make_synthetic.py --out "$DEMO_DIR/synthetic" --num_images 2048 
 
 step "2/7 pretrain the S0 NFNet (AGC + Nesterov SGD, model.fit, checkpoints, TensorBoard)"
 python trainers/pretrain.py --workdir "$DEMO_DIR/pretrain" \
-  --config "trainers/configs/cpu_tiny.py:corpus=$DEMO_DIR/synthetic,variant=S0,epochs=2"
+  --config "trainers/configs/cpu_tiny.py:corpus=$DEMO_DIR/synthetic,variant=S0,epochs=2,eval_every_steps=64"
 
 step "3/7 fine-tune on scikit-learn's real handwritten digits at 32 px (new 10-class head)"
 python datasets/make_digits.py --out "$DEMO_DIR/digits"
@@ -40,7 +40,7 @@ python trainers/finetune.py --from_scratch --variant=S0 --workdir="$DEMO_DIR/scr
 step "5/7 export for TF Serving (the model's evaluation view goes into the graph)"
 python trainers/export.py --finetune_workdir="$DEMO_DIR/finetune" --base_dir="$DEMO_DIR/serving" --model_name=digits
 
-step "6/7 serve on 127.0.0.1 and query"
+step "6/7 serve on 127.0.0.1 and query it with the whole test split (the first 4 predictions shown)"
 PORT="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 python trainers/serve.py --model_base_path="$DEMO_DIR/serving/digits" --rest_api_port="$PORT" \
   > "$DEMO_DIR/serve.log" 2>&1 &
@@ -52,7 +52,8 @@ for _ in $(seq 120); do
   kill -0 $SERVER 2>/dev/null || { cat "$DEMO_DIR/serve.log"; echo "server exited" >&2; exit 1; }
   sleep 1
 done
-python trainers/query.py --url="$URL" --corpus="$DEMO_DIR/digits" --split=test --count=8 | tee "$DEMO_DIR/query.txt"
+python trainers/query.py --url="$URL" --corpus="$DEMO_DIR/digits" --split=test --count=0 --show=4 \
+  | tee "$DEMO_DIR/query.txt"
 kill -TERM $SERVER && wait $SERVER || true
 trap - EXIT
 
@@ -75,7 +76,9 @@ elif best_ft < best_sc:
 else:
     verdict = "pretraining made no difference in top-1 here"
 print(f"  {verdict}")
-print(f"  served predictions: {open(f'{d}/query.txt').read().strip().splitlines()[-1]}")
+served = open(f"{d}/query.txt").read().strip().splitlines()[-1]
+exported = "EMA" if ft["best_weights"] == "ema" else "raw"
+print(f"  served by the local TF-Serving-compatible server ({exported} weights): {served}")
 print(f"demo time: {seconds // 60} min {seconds % 60} s")
 print(f"TensorBoard logs:  tensorboard --logdir {d}   (pretrain, fine-tune and scratch runs)")
 print(f"SavedModel:        {d}/serving/digits")

@@ -4,7 +4,8 @@
     python trainers/query.py --url=http://127.0.0.1:8501/v1/models/digits --corpus=/data/digits --split=test --count=4
 
 A plain client: the Python standard library only (urllib, base64, json), as any TF Serving client would be.
-With --corpus it sends the first --count images of a split and prints each true label next to the prediction.
+With --corpus it sends the first --count images of a split (--count=0: all) in requests of --batch_size, prints
+each true label next to the prediction (at most --show of them) and how many top-1 predictions were right.
 """
 import base64
 import json
@@ -18,7 +19,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("url", "http://127.0.0.1:8501/v1/models/model", "The model's URL: http://host:port/v1/models/<name>")
 flags.DEFINE_string("corpus", None, "Send images of this corpus instead of files.")
 flags.DEFINE_string("split", "test", "Split of --corpus.")
-flags.DEFINE_integer("count", 4, "Images to send from --corpus.")
+flags.DEFINE_integer("count", 4, "Images to send from --corpus (0 = the whole split).")
+flags.DEFINE_integer("show", None, "Print at most this many predictions (default: all).")
+flags.DEFINE_integer("batch_size", 32, "Images per request.")
 flags.DEFINE_float("timeout", 30.0, "Seconds to wait for the answer.")
 
 
@@ -44,7 +47,7 @@ def _corpus_images(corpus, split, count):
         for record in tf.data.TFRecordDataset(shard).as_numpy_iterator():
             example = decode_example(record)
             out.append((example["image"], ", ".join(info.class_names[i] for i in example["labels"])))
-            if len(out) == count:
+            if len(out) == count > 0:
                 return out
     return out
 
@@ -59,16 +62,22 @@ def main(argv):
         for path in argv[1:]:
             with open(path, "rb") as f:
                 items.append((f.read(), None))
-    predictions = predict(FLAGS.url, [image for image, _ in items], FLAGS.timeout)
+    if FLAGS.batch_size < 1:
+        raise app.UsageError("--batch_size must be >= 1")
+    images = [image for image, _ in items]
+    predictions = []
+    for start in range(0, len(images), FLAGS.batch_size):
+        predictions += predict(FLAGS.url, images[start:start + FLAGS.batch_size], FLAGS.timeout)
     right = 0
     for i, ((_, truth), prediction) in enumerate(zip(items, predictions)):
         ranked = ", ".join(f"{name} {prediction['probabilities'][cid]:.3f}"
                            for name, cid in zip(prediction["top_k_names"], prediction["top_k_ids"]))
         label = f" (true: {truth})" if truth is not None else (f" ({argv[1 + i]})" if not FLAGS.corpus else "")
-        print(f"image {i}{label}: {ranked}")
+        if FLAGS.show is None or i < FLAGS.show:
+            print(f"image {i}{label}: {ranked}")
         right += truth is not None and prediction["top_k_names"][0] in truth.split(", ")
     if FLAGS.corpus:
-        print(f"{right} of {len(items)} top-1 predictions right")
+        print(f"{right} of {len(items)} top-1 predictions right ({right / max(len(items), 1):.4f})")
 
 
 if __name__ == "__main__":
