@@ -91,9 +91,12 @@ def test_same_top1_through_evaluation_export_and_server(runs, tmp_path, crop):
     saved_probs = loaded.signatures["serving_default"](
         image_bytes=tf.constant([image for image, _ in examples]))["probabilities"].numpy()
 
-    client = Client(ModelServer(str(tmp_path / "serving" / "shapes")))
-    body = {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image, _ in examples]}
-    response = client.post("/v1/models/shapes:predict", json=body)
+    server = ModelServer(str(tmp_path / "serving" / "shapes")).start()
+    try:
+        body = {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image, _ in examples]}
+        response = Client(server).post("/v1/models/shapes:predict", json=body)
+    finally:
+        server.stop()
     assert response.status_code == 200, response.get_data(as_text=True)
     served_probs = np.array([p["probabilities"] for p in json.loads(response.get_data())["predictions"]])
 
