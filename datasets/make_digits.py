@@ -30,8 +30,8 @@ def make_digits_corpus(out_dir, image_size=32, test_fraction=0.25, seed=0):
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     digits = load_digits()
-    # A blank margin of a quarter digit on every side: the digit fills the central two thirds of the image, which
-    # is the evaluation centre crop at 64 px (64 of 64 + 32, NFNET_SPEC section 4).
+    # A blank margin of a quarter digit on every side (the digit fills the central two thirds of the image), as on
+    # a scanned form. Fine-tune on whole images (--crop=false): the evaluation view is then the whole image too.
     images = np.pad(digits.images * (255.0 / 16.0), ((0, 0), (2, 2), (2, 2))).astype(np.float32)[..., None]
     rng = np.random.default_rng(seed)
     split_of = np.empty(len(images), dtype=object)
