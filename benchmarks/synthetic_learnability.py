@@ -60,9 +60,12 @@ def main():
     parser.add_argument("--sizes", default="1000,4000", help="training-set sizes")
     parser.add_argument("--num_classes", type=int, default=10)
     parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=600, help="training steps per run (batch 64)")
+    parser.add_argument("--steps", type=int, default=600, help="training steps per run")
     parser.add_argument("--holdout", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", choices=["compositional", "conv16"], default="compositional",
+                        help="the corpus's label model (keras_nfnet/data/synthetic.py)")
+    parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3, help="Adam learning rate (every run)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -70,13 +73,13 @@ def main():
     d = os.path.join(tempfile.mkdtemp(), "synthetic")
     t = time.time()
     make_synthetic_corpus(d, num_images=max(sizes), num_holdout=args.holdout, num_classes=args.num_classes,
-                          image_size=args.image_size, multi_label=False, seed=args.seed)
+                          image_size=args.image_size, multi_label=False, seed=args.seed, labels=args.labels)
     print(f"corpus: {max(sizes)} train + {args.holdout} holdout images in {time.time() - t:.0f} s")
     x_train, y_train = load_split(d, "train")
     x_hold, y_hold = load_split(d, "holdout")
     prior = np.bincount(y_train, minlength=args.num_classes) / len(y_train)
     prior_loss = -np.mean(np.log(prior[y_hold] + 1e-12))
-    results = {}
+    results, params = {}, {}
     for w in widths:
         for n in sizes:
             keras.utils.set_random_seed(args.seed)
@@ -87,21 +90,22 @@ def main():
             epochs = 10
             steps_per_epoch = max(1, args.steps // epochs)
             ds = (tf.data.Dataset.from_tensor_slices((x_train[:n], y_train[:n])).shuffle(n, seed=args.seed)
-                  .repeat().batch(64))
+                  .repeat().batch(args.batch_size))
             t = time.time()
             hist = model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=(x_hold, y_hold),
                              verbose=0)
             best = int(np.argmin(hist.history["val_loss"]))
             results[(w, n)] = (hist.history["val_loss"][best], hist.history["val_accuracy"][best])
+            params[w] = model.count_params()
             print(f"  {args.model} {w:>4s} params {model.count_params():8d} n={n:6d}: best held-out loss "
                   f"{results[(w, n)][0]:.3f} acc {results[(w, n)][1]:.3f} ({time.time() - t:.0f} s)", flush=True)
     print(f"\nheld-out cross-entropy (best over training; accuracy), {args.num_classes} classes, "
-          f"{args.image_size} px, {args.steps} steps of batch 64, Adam {args.learning_rate:g}; class-prior baseline "
+          f"{args.image_size} px, {args.labels} labels, {args.steps} steps of batch {args.batch_size}, Adam {args.learning_rate:g}; class-prior baseline "
           f"loss {prior_loss:.3f}")
     print("| model | " + " | ".join(f"n={n}" for n in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     for w in widths:
-        print(f"| {args.model} {w} | " + " | ".join(f"{results[(w, n)][0]:.3f} ({results[(w, n)][1]:.2f})"
+        print(f"| {args.model} {w} ({params[w] / 1e3:.1f}k) | " + " | ".join(f"{results[(w, n)][0]:.3f} ({results[(w, n)][1]:.2f})"
                                                    for n in sizes) + " |")
 
 
