@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_nfnet import architectures
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
 from keras_nfnet.data import preprocess
@@ -41,7 +42,6 @@ from keras_nfnet.training import keras_workarounds
 from keras_nfnet.training import strategy as strategy_lib
 from keras_nfnet.training.callbacks import StepProgress, StopAtStep
 from keras_nfnet.training.checkpoint import WEIGHTS_FILE, CheckpointManager
-from keras_nfnet.variants import VARIANTS, get_variant
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
@@ -125,8 +125,9 @@ def validate(config):
     if not config.source and not config.from_scratch:
         raise ValueError("give source (a pretrain workdir, a checkpoint directory, a .keras file or a preset) to fine-tune, "
                          "or from_scratch=True with a variant to train from random initialisation")
-    if config.from_scratch and config.variant not in VARIANTS:
-        raise ValueError(f"training from scratch needs variant, one of {sorted(VARIANTS)}; got {config.variant!r}")
+    if config.from_scratch and config.variant not in architectures.known_names():
+        raise ValueError(f"training from scratch needs variant, one of {architectures.known_names()}; got "
+                         f"{config.variant!r}")
     if config.source and not os.path.exists(config.source):
         raise FileNotFoundError(f"source {config.source} does not exist (a pretrain workdir, a checkpoint "
                                 "directory, a .keras file or a preset directory)")
@@ -228,19 +229,21 @@ def _classes_in_weights(weights_file):
 
 
 def load_pretrained(source):
-    """The pretrained NFNet (weights loaded, not compiled) from a workdir, checkpoint dir, .keras file or preset."""
+    """The pretrained NFNet or ViT (weights loaded, not compiled) from a workdir, checkpoint dir, .keras file or
+    preset."""
     from keras_nfnet import presets
+    from keras_nfnet.vit import ViT
 
     if presets.is_preset(source):
         return presets.load_nfnet(source)
     if source.endswith(".keras"):
         model = keras.saving.load_model(source, compile=False)
-        if not isinstance(model, NFNet):
-            raise ValueError(f"{source} holds a {type(model).__name__}, not a keras_nfnet NFNet")
+        if not isinstance(model, (NFNet, ViT)):
+            raise ValueError(f"{source} holds a {type(model).__name__}, not a keras_nfnet NFNet or ViT")
         return model
     weights, pre = _checkpoint_weights(source)
-    model = NFNet(pre["variant"], num_classes=_classes_in_weights(weights), stochastic_depth_rate=0.0,
-                  dropout_rate=0.0)
+    model = architectures.build(pre["variant"], num_classes=_classes_in_weights(weights), stochastic_depth_rate=0.0,
+                                dropout_rate=0.0)
     model.load_weights(weights)
     log.info("loaded %s (%s) from %s", pre["variant"], model.num_classes, weights)
     return model
@@ -248,16 +251,19 @@ def load_pretrained(source):
 
 def replace_head(pretrained, num_classes, dropout_rate=None, stochastic_depth_rate=0.1, dtype=None,
                  eval_image_size=None, crop_fraction=None):
-    """A new NFNet of the same variant with a fresh `num_classes` classifier and every other weight copied.
+    """A new model (NFNet or ViT) of the same variant with a fresh `num_classes` classifier and every other weight
+    copied.
 
     Dropout and stochastic depth are the fine-tuning overrides (they have no weights); eval_image_size and
     crop_fraction the new model's evaluation view. The input is resolution-agnostic, so the model trains and
     evaluates at any size. Returns (model, names of copied layers).
     """
-    model = NFNet(pretrained.variant, num_classes=num_classes, activation=pretrained.activation,
-                  stochastic_depth_rate=stochastic_depth_rate, dropout_rate=dropout_rate,
-                  input_shape=(None, None, 3), dtype=dtype, numerics=pretrained.numerics,
-                  eval_image_size=eval_image_size, crop_fraction=crop_fraction)
+    nfnet_only = ({"activation": pretrained.activation, "numerics": pretrained.numerics}
+                  if isinstance(pretrained, NFNet) else {})
+    model = architectures.build(pretrained.variant, num_classes=num_classes,
+                                stochastic_depth_rate=stochastic_depth_rate, dropout_rate=dropout_rate,
+                                input_shape=(None, None, 3), dtype=dtype, eval_image_size=eval_image_size,
+                                crop_fraction=crop_fraction, **nfnet_only)
     copied = []
     for layer in model.layers:
         if not layer.weights or layer.name == "classifier":
@@ -346,7 +352,7 @@ def finetune(config, workdir, strategy=None):
         strategy = strategy_lib.make_strategy(config.strategy, config.num_cpu_devices)
     pretrained = load_pretrained(config.source) if config.source else None
     variant = pretrained.variant if pretrained is not None else config.variant
-    row = get_variant(variant)
+    row = architectures.get_row(variant)
     image_size = config.image_size or row.test_image_size
     eval_size, crop_fraction = eval_view(config, image_size)
     steps = max(1, int(round(config.epochs * num_train / config.global_batch_size)))
@@ -373,9 +379,9 @@ def finetune(config, workdir, strategy=None):
                                          eval_image_size=eval_size, crop_fraction=crop_fraction)
             log.info("copied %d pretrained layers; new classifier for %d classes", len(copied), info.num_classes)
         else:
-            model = NFNet(variant, num_classes=info.num_classes, stochastic_depth_rate=config.stochastic_depth_rate,
-                          dropout_rate=dropout, input_shape=(None, None, 3), eval_image_size=eval_size,
-                          crop_fraction=crop_fraction)
+            model = architectures.build(variant, num_classes=info.num_classes, dropout_rate=dropout,
+                                        stochastic_depth_rate=config.stochastic_depth_rate, input_shape=(None, None, 3),
+                                        eval_image_size=eval_size, crop_fraction=crop_fraction)
         optimizer = nfnet_optimizer(base_learning_rate=config.base_learning_rate,
                                     batch_size=config.global_batch_size, total_steps=steps, warmup_steps=warmup,
                                     weight_decay=config.weight_decay,

@@ -42,8 +42,7 @@ def collect_run(run, spec=None) -> RunResult:
 def read_run_dir(run_dir: str, run_id: str = None, learning_rate: float = None) -> RunResult:
     """The results row of one pretraining workdir. `learning_rate` defaults to the config's base_learning_rate."""
     from keras_nfnet.data.corpus import load_metadata
-    from keras_nfnet.flops import count_macs, count_params
-    from keras_nfnet.variants import get_variant
+    from keras_nfnet.architectures import count_macs, count_params, get_row
 
     config = _read_json(os.path.join(run_dir, CONFIG_FILE), "the run's config (written when it started)")
     diverged_path = os.path.join(run_dir, DIVERGED_FILE)
@@ -54,7 +53,7 @@ def read_run_dir(run_dir: str, run_id: str = None, learning_rate: float = None) 
         summary = _read_json(os.path.join(run_dir, RESULT_FILE), "the run's result (written when its budget is done)")
         status = "finished"
     info = load_metadata(config["corpus"])
-    image_size = config.get("image_size") or get_variant(config["variant"]).train_image_size
+    image_size = config.get("image_size") or get_row(config["variant"]).train_image_size
     return RunResult(
         run_id=run_id or os.path.basename(os.path.normpath(run_dir)),
         variant=config["variant"],

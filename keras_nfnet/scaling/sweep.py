@@ -48,13 +48,13 @@ class SweepSpec:
     def validate(self) -> "SweepSpec":
         from keras_nfnet.scaling.fit import COMPUTE_AXES, SIZE_AXES
         from keras_nfnet.training.config import PretrainConfig
-        from keras_nfnet.variants import VARIANTS
+        from keras_nfnet.architectures import known_names
 
         problems = []
-        unknown = [v for v in self.variants if v not in VARIANTS]
+        unknown = [v for v in self.variants if v not in known_names()]
         if not self.variants or unknown:
             problems.append(f"variants must be a non-empty list of known variants; unknown {unknown}, known "
-                            f"{', '.join(VARIANTS)}")
+                            f"{', '.join(known_names())}")
         if len(set(self.variants)) != len(self.variants):
             problems.append(f"variants repeat: {self.variants}")
         if not self.epoch_budgets or any(not (isinstance(e, (int, float)) and e > 0) for e in self.epoch_budgets):
@@ -197,8 +197,7 @@ def estimate(spec: SweepSpec) -> List[dict]:
     Needs the corpus (for its size and class count); raises FileNotFoundError when it is not there yet.
     """
     from keras_nfnet.data.corpus import load_metadata
-    from keras_nfnet.flops import count_macs
-    from keras_nfnet.variants import get_variant
+    from keras_nfnet.architectures import count_macs, get_row
 
     n_grid = len(spec.lr_grid)
     out = []
@@ -209,7 +208,7 @@ def estimate(spec: SweepSpec) -> List[dict]:
                 raise FileNotFoundError(f"corpus {cfg.corpus!r} is not there yet (no metadata.json); make it first")
             info = load_metadata(cfg.corpus)
             n = info.split(cfg.train_split).num_examples
-            size = cfg.image_size or get_variant(variant).train_image_size
+            size = cfg.image_size or get_row(variant).train_image_size
             steps = max(1, math.ceil(epochs * n / cfg.global_batch_size))
             flops = 6.0 * count_macs(variant, size, num_classes=info.num_classes) * steps * cfg.global_batch_size
             lo, hi = (n_grid, n_grid) if spec.lr_search == "grid" else (min(3, n_grid), n_grid)

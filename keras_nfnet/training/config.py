@@ -18,7 +18,7 @@ import math
 import os
 from typing import Optional
 
-from keras_nfnet.variants import VARIANTS
+from keras_nfnet import architectures
 
 
 @dataclasses.dataclass
@@ -157,8 +157,9 @@ def validate(config, num_replicas=None):
     from keras_nfnet.training.strategy import KINDS, PRECISIONS
 
     problems = []
-    if config.variant not in VARIANTS:
-        problems.append(f"unknown variant {config.variant!r}; known variants: {', '.join(VARIANTS)}")
+    known = architectures.known_names()
+    if config.variant not in known:
+        problems.append(f"unknown variant {config.variant!r}; known variants (NFNet and ViT): {', '.join(known)}")
     if not (config.epochs > 0 and math.isfinite(config.epochs)):
         problems.append(f"epochs (the epoch budget) must be > 0; got {config.epochs}")
     if config.global_batch_size < 1:
@@ -188,9 +189,9 @@ def validate(config, num_replicas=None):
                         f"{config.max_steps}")
     for name in ("image_size", "eval_image_size"):
         size = getattr(config, name)
-        if size and config.variant in VARIANTS and size < VARIANTS[config.variant].min_image_size:
+        if size and config.variant in known and size < architectures.get_row(config.variant).min_image_size:
             problems.append(f"{name}={size} is below the smallest image {config.variant} accepts "
-                            f"({VARIANTS[config.variant].min_image_size} px)")
+                            f"({architectures.get_row(config.variant).min_image_size} px)")
     if not config.corpus:
         problems.append("corpus is not set (the directory of a corpus made by datasets/)")
     elif not os.path.isfile(os.path.join(config.corpus, "metadata.json")):

@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
+from keras_nfnet import architectures
 from keras_nfnet.losses import recipe_loss
-from keras_nfnet.models import NFNet
 from keras_nfnet.optimizers import nfnet_optimizer
 from keras_nfnet.training import callbacks as cb
 from keras_nfnet.training import config as config_lib
@@ -38,7 +38,6 @@ from keras_nfnet.training import strategy as strategy_lib
 from keras_nfnet.training.checkpoint import CheckpointManager
 from keras_nfnet.training.compute import ComputeClock, measure_peak_flops, train_flops_per_image
 from keras_nfnet.training.heldout import HeldOutEvaluator
-from keras_nfnet.variants import get_variant
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ def pretrain(config, workdir, strategy=None):
 
     info = corpus_lib.load_metadata(config.corpus)
     num_train = info.split(config.train_split).num_examples
-    row = get_variant(config.variant)
+    row = architectures.get_row(config.variant)  # an NFNet or a ViT row
     image_size = config.image_size or row.train_image_size
     eval_size = config.eval_image_size or row.test_image_size
     steps_total = config_lib.total_steps(config, num_train)
@@ -107,11 +106,11 @@ def pretrain(config, workdir, strategy=None):
 
     keras.utils.set_random_seed(config.seed)  # same initial weights on every replica, host and restart
     with strategy.scope():
-        model = NFNet(config.variant, num_classes=info.num_classes,
-                      stochastic_depth_rate=config.stochastic_depth_rate,
-                      dropout_rate=None if config.dropout_rate < 0 else config.dropout_rate,
-                      input_shape=(image_size, image_size, 3),
-                      dtype=None if precision == "float32" else precision)
+        model = architectures.build(config.variant, num_classes=info.num_classes,
+                                    stochastic_depth_rate=config.stochastic_depth_rate,
+                                    dropout_rate=None if config.dropout_rate < 0 else config.dropout_rate,
+                                    input_shape=(image_size, image_size, 3),
+                                    dtype=None if precision == "float32" else precision)
         optimizer = nfnet_optimizer(base_learning_rate=config.base_learning_rate,
                                     batch_size=config.global_batch_size, total_steps=steps_total,
                                     warmup_steps=warmup, weight_decay=config.weight_decay,

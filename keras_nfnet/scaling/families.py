@@ -1,0 +1,76 @@
+"""NFNet vs ViT at equal pretraining compute: pretrain each model with the same trainer, corpus and budget, fine-tune
+each on the same labelled corpus, and tabulate fine-tuned top-1 against pretraining compute.
+
+    rows = compare_families(["S0", "ViT-0"], "trainers/configs/cpu_tiny.py:corpus=/data/synth,epochs=2",
+                            FinetuneConfig(corpus="/data/digits", epochs=3), workdir="/runs/compare")
+
+Each model pretrains in `<workdir>/pretrain/<model>` and fine-tunes in `<workdir>/finetune/<model>`. Both steps
+resume or are skipped when their results are already there, so an interrupted comparison goes on where it stopped.
+"""
+import dataclasses
+import json
+import os
+from typing import List, Sequence
+
+from keras_nfnet import architectures
+
+FIELDS = ("family", "model", "params", "macs_per_image", "pretrain_steps", "pretrain_flops", "pretrain_device_hours",
+          "heldout_loss", "finetune_top1", "finetune_top1_ema", "finetune_top5")
+
+
+def compare_families(models: Sequence[str], pretrain_config: str, finetune_config, workdir: str,
+                     log=print) -> List[dict]:
+    """One row (dict of FIELDS) per model; also written to `<workdir>/comparison.json` and `comparison.md`.
+
+    `pretrain_config` is a run config spec ('file.py:key=value,...'); each model gets `variant=<model>` on top.
+    `finetune_config` is a `FinetuneConfig` whose `source` is set to each model's pretraining workdir.
+    """
+    from keras_nfnet.data.corpus import load_metadata
+    from keras_nfnet.finetune import RESULTS_FILE, finetune
+    from keras_nfnet.training.config import load_config
+    from keras_nfnet.training.pretrain import pretrain
+
+    for model in models:
+        architectures.family(model)  # unknown names fail before any training
+    rows = []
+    for model in models:
+        config = load_config(pretrain_config, [f"variant={model}"])
+        pre_dir = os.path.join(workdir, "pretrain", model)
+        result_path = os.path.join(pre_dir, "result.json")
+        if os.path.isfile(result_path):
+            with open(result_path) as f:
+                pre = json.load(f)
+        else:
+            pre = dataclasses.asdict(pretrain(config, pre_dir))
+        ft_dir = os.path.join(workdir, "finetune", model)
+        if os.path.isfile(os.path.join(ft_dir, RESULTS_FILE)):
+            with open(os.path.join(ft_dir, RESULTS_FILE)) as f:
+                ft = json.load(f)
+        else:
+            ft = finetune(dataclasses.replace(finetune_config, source=pre_dir), ft_dir)
+        classes = load_metadata(config.corpus).num_classes
+        size = config.image_size or architectures.get_row(model).train_image_size
+        rows.append({"family": architectures.family(model), "model": model,
+                     "params": architectures.count_params(model, classes),
+                     "macs_per_image": architectures.count_macs(model, size, classes),
+                     "pretrain_steps": pre["step"], "pretrain_flops": pre["flops"],
+                     "pretrain_device_hours": pre["device_hours"], "heldout_loss": pre["heldout_loss"],
+                     "finetune_top1": ft["top1"], "finetune_top1_ema": ft["top1_ema"], "finetune_top5": ft["top5"]})
+        log(format_table(rows[-1:]).splitlines()[-1])
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "comparison.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(workdir, "comparison.md"), "w") as f:
+        f.write(format_table(rows) + "\n")
+    return rows
+
+
+def format_table(rows) -> str:
+    lines = ["| family | model | params | MACs/image | pretraining FLOPs | device-hours | held-out loss | "
+             "fine-tuned top-1 (EMA) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ema = f" ({r['finetune_top1_ema']:.3f})" if r["finetune_top1_ema"] is not None else ""
+        lines.append(f"| {r['family']} | {r['model']} | {r['params']:,} | {r['macs_per_image']:.3g} | "
+                     f"{r['pretrain_flops']:.3g} | {r['pretrain_device_hours']:.3g} | {r['heldout_loss']:.4f} | "
+                     f"{r['finetune_top1']:.3f}{ema} |")
+    return "\n".join(lines)
