@@ -12,6 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["trainers/finetune.py", "--workdir=/tmp/unused", "--corpus=/no/such/corpus"], "corpus must be a corpus"),
     (["trainers/serve.py", "--model_base_path=/no/such/model"], "does not exist"),
     (["datasets/make_synthetic.py", "--out=/tmp/unused", "--num_images=-5"], "num_images must be a positive"),
+    (["trainers/compare.py", "--models=S0,resnet", "--pretrain_config=unused.py", "--workdir=/tmp/unused"],
+     "unknown model 'resnet'"),
 ])
 def test_user_error_is_one_line_and_status_2(argv, message):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
