@@ -1,11 +1,13 @@
 """Does the synthetic JFT-like corpus reward bigger models and more data? A small grid, printed as a table.
 
 Trains plain Keras CNNs of several widths (or NFNet S0..S3 with --model nfnet) on growing subsets of a synthetic
-single-label corpus and reports the best held-out cross-entropy over training (early stopping), so that
-"more data" is not confounded with over-fitting. The corpus and the runs are seeded.
+single-label corpus (the compositional label model by default, --labels conv16 for the first one) and reports the
+best held-out cross-entropy over training (early stopping), so that "more data" is not confounded with
+over-fitting. The corpus and the runs are seeded. Every run has the same number of steps, so at the largest size
+the data is seen fewest times.
 
     python benchmarks/synthetic_learnability.py                     # ~3-5 min on 2 CPU cores
-    python benchmarks/synthetic_learnability.py --model nfnet --widths S0,S1,S2
+    python benchmarks/synthetic_learnability.py --model nfnet --widths S0,S1,S2,S3 --sizes 2000,8000 --steps 1000
 """
 import argparse
 import os
