@@ -7,7 +7,7 @@ it names, so that both families are trained, costed and compared by the same cod
 """
 from keras_nfnet import flops
 from keras_nfnet import vit_variants as vit
-from keras_nfnet.variants import VARIANTS
+from keras_nfnet.variants import VARIANTS, NFNetVariant, get_variant
 
 
 def known_names():
@@ -15,17 +15,20 @@ def known_names():
 
 
 def family(name):
-    """'nfnet' or 'vit'; ValueError naming the known models otherwise."""
-    if isinstance(name, str) and name in VARIANTS:
+    """'nfnet' or 'vit' for a model name, a variant row or a row's dict; ValueError naming the known models
+    otherwise."""
+    if isinstance(name, str) and name in VARIANTS or isinstance(name, NFNetVariant):
         return "nfnet"
-    if isinstance(name, str) and name in vit.VIT_VARIANTS:
+    if isinstance(name, str) and name in vit.VIT_VARIANTS or isinstance(name, vit.ViTVariant):
         return "vit"
+    if isinstance(name, dict):  # a custom row (e.g. from a preset's config)
+        return "vit" if "patch_size" in name else "nfnet"
     raise ValueError(f"unknown model {name!r}; known: {', '.join(known_names())}")
 
 
 def get_row(name):
-    """The variant row (train_image_size, test_image_size, min_image_size, ...) of a model name."""
-    return VARIANTS[name] if family(name) == "nfnet" else vit.VIT_VARIANTS[name]
+    """The variant row (train_image_size, test_image_size, min_image_size, ...) of a model name or row."""
+    return get_variant(name) if family(name) == "nfnet" else vit.get_vit_variant(name)
 
 
 def build(name, num_classes, **kwargs):

@@ -136,3 +136,19 @@ def test_vit_on_jax():
            "forward_and_mac or resolutions or fit_reduces"]
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_architectures_dispatch_names_rows_and_dicts():
+    from keras_nfnet.variants import VARIANTS
+
+    for name in ("S1", VARIANTS["S1"], VARIANTS["S1"].to_dict()):
+        assert architectures.family(name) == "nfnet"
+        assert architectures.get_row(name) == VARIANTS["S1"]
+        assert architectures.count_macs(name, 32, 10) == flops.count_macs("S1", 32, num_classes=10)
+    for name in ("ViT-1", VIT_VARIANTS["ViT-1"], VIT_VARIANTS["ViT-1"].to_dict()):
+        assert architectures.family(name) == "vit"
+        assert architectures.get_row(name) == VIT_VARIANTS["ViT-1"]
+        assert architectures.count_params(name, 10) == count_params("ViT-1", num_classes=10)
+    assert isinstance(architectures.build("vit-tiny", 3), ViT)
+    with pytest.raises(ValueError, match="unknown model 'F9'"):
+        architectures.family("F9")
