@@ -31,6 +31,9 @@ _EXPORTS = {
     "LADDER": "variants",
     "get_variant": "variants",
     "NFNet": "models",
+    "ViT": "vit",
+    "ViTVariant": "vit_variants",
+    "VIT_VARIANTS": "vit_variants",
     "NFNetBackbone": "backbone",
     "NFNetImageClassifier": "classifier",
     "Classifier": "classifier",
@@ -94,6 +97,7 @@ _EXPORTS = {
     "load_sweep": "scaling.sweep",
     "run_sweep": "scaling.sweep",
     "analyze": "scaling.report",
+    "compare_families": "scaling.families",
 }
 
 __all__ = sorted(_EXPORTS)
