@@ -192,6 +192,9 @@ def validate(config, num_replicas=None):
         if size and config.variant in known and size < architectures.get_row(config.variant).min_image_size:
             problems.append(f"{name}={size} is below the smallest image {config.variant} accepts "
                             f"({architectures.get_row(config.variant).min_image_size} px)")
+        elif size and config.variant in known and size % getattr(architectures.get_row(config.variant), "patch_size", 1):
+            problems.append(f"{name}={size} is not a multiple of {config.variant}'s patch size "
+                            f"({architectures.get_row(config.variant).patch_size} px)")
     if not config.corpus:
         problems.append("corpus is not set (the directory of a corpus made by datasets/)")
     elif not os.path.isfile(os.path.join(config.corpus, "metadata.json")):
