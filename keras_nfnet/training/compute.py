@@ -9,16 +9,15 @@ import time
 
 import numpy as np
 
-from keras_nfnet import flops
-from keras_nfnet import vit_variants as vit
+from keras_nfnet import architectures, flops, vit_variants
 
 
 def train_flops_per_image(variant_or_model, image_size, num_classes=1000):
     """Analytic training FLOPs for one image: 3 passes x 2 FLOPs per multiply-accumulate. Takes an NFNet or a ViT
     (name, row or model)."""
-    v = getattr(variant_or_model, "variant", variant_or_model)
-    is_vit = isinstance(v, vit.ViTVariant) or (isinstance(v, str) and v in vit.VIT_VARIANTS)
-    return 6.0 * (vit if is_vit else flops).count_macs(variant_or_model, image_size, num_classes=num_classes)
+    family = architectures.family(getattr(variant_or_model, "variant", variant_or_model))
+    counter = flops if family == "nfnet" else vit_variants
+    return 6.0 * counter.count_macs(variant_or_model, image_size, num_classes=num_classes)
 
 
 def measure_peak_flops(seconds=1.0, size=1024, dtype="float32"):
