@@ -23,7 +23,8 @@ import warnings
 
 import keras
 from keras import ops
-from keras.src.utils import tracking  # the same build-time tracking switch keras.optimizers.LossScaleOptimizer uses
+
+from keras_nfnet import compat
 
 # The classifier of a keras_nfnet NFNet is a Dense layer named "classifier"; the paper leaves only its kernel
 # unclipped (its bias is clipped).
@@ -60,7 +61,7 @@ def unit_axes_for_model(model):
     separable_types = (layers.SeparableConv1D, layers.SeparableConv2D)
     transpose_types = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
     result = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in compat.flatten_layers(model, include_self=False, recursive=True):
         if isinstance(layer, depthwise_types):
             kernels = [layer.kernel]
         elif isinstance(layer, separable_types):
@@ -112,27 +113,6 @@ def _exclude_predicate(exclude):
 _already_summed = threading.local()
 
 
-def _install_sum_guard(optimizer):
-    """Make `optimizer` skip its own cross-replica sum while `_already_summed.active` is set (TF backend).
-
-    Keras's TF optimizer sums gradients across replicas inside `_backend_update_step` through
-    `_all_reduce_sum_gradients`; there is no public switch to say "these are already summed". Wrapping that one
-    method on this instance avoids a second all-reduce of every gradient (compensating by dividing by the
-    replica count would double the communication). The multi-replica tests fail if this hook stops working.
-    """
-    original = getattr(optimizer, "_all_reduce_sum_gradients", None)
-    if original is None or getattr(original, "_agc_guard", False):
-        return
-
-    def guarded(grads_and_vars):
-        if getattr(_already_summed, "active", False):
-            return list(grads_and_vars)
-        return original(grads_and_vars)
-
-    guarded._agc_guard = True
-    object.__setattr__(optimizer, "_all_reduce_sum_gradients", guarded)
-
-
 @contextlib.contextmanager
 def _summed_scope():
     previous = getattr(_already_summed, "active", False)
@@ -163,7 +143,7 @@ def _replica_context_to_sum():
 
 
 @keras.saving.register_keras_serializable(package="keras_nfnet")
-class AGC(keras.optimizers.Optimizer):
+class AGC(compat.ForwardEMAAverages, keras.optimizers.Optimizer):
     """Adaptive Gradient Clipping around any Keras optimizer (SGD, Adam, AdamW, Lion, ...).
 
     Args:
@@ -183,7 +163,8 @@ class AGC(keras.optimizers.Optimizer):
 
     Compose with mixed precision as `LossScaleOptimizer(AGC(...))`: the loss-scale optimizer unscales first.
     `iterations`, `learning_rate` (settable, so LR callbacks work) and Keras EMA (`use_ema` on the inner
-    optimizer) are the inner optimizer's.
+    optimizer) are the inner optimizer's; keras.callbacks.SwapEMAWeights finds that EMA through
+    LossScaleOptimizer(AGC(...)).
     """
 
     def __init__(self, optimizer, clip_factor=0.01, eps=1e-3, exclude=DEFAULT_EXCLUDE, unit_axes=None,
@@ -227,7 +208,7 @@ class AGC(keras.optimizers.Optimizer):
         if backend_is_tf():
             import tensorflow as tf
 
-            if optimizer._distribution_strategy is not tf.distribute.get_strategy():
+            if compat.optimizer_strategy(optimizer) is not tf.distribute.get_strategy():
                 raise ValueError(
                     "The inner optimizer was created under a different tf.distribute strategy than AGC. Create "
                     "both inside the same `strategy.scope()`."
@@ -243,9 +224,10 @@ class AGC(keras.optimizers.Optimizer):
             loss_scale_factor = optimizer.loss_scale_factor
         optimizer.loss_scale_factor = None
         self.loss_scale_factor = loss_scale_factor
-        _install_sum_guard(optimizer)
+        # Keras's TF optimizer sums across replicas again in its update step; skip that for AGC's sums.
+        compat.install_gradient_sum_guard(optimizer, lambda: getattr(_already_summed, "active", False))
 
-    @tracking.no_automatic_dependency_tracking
+    @compat.no_automatic_dependency_tracking
     def build(self, var_list):
         var_list = list(var_list)
         excluded = _exclude_predicate(self.exclude)
@@ -292,7 +274,7 @@ class AGC(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return compat.own_variables(self) + self.inner_optimizer.variables
 
     def metrics(self):
         """{'agc/clipped_fraction', 'agc/grad_norm', 'agc/clipped_grad_norm'} -> current values (after a step)."""
@@ -315,7 +297,7 @@ class AGC(keras.optimizers.Optimizer):
             if grad is None:
                 clipped_grads.append(None)
                 continue
-            do_clip, axes = self._clip_plan[self._get_variable_index(variable)]
+            do_clip, axes = self._clip_plan[compat.variable_index(self, variable)]
             grad32 = ops.cast(grad, "float32")
             before = before + ops.sum(ops.square(grad32))
             if do_clip:
@@ -335,7 +317,10 @@ class AGC(keras.optimizers.Optimizer):
             with keras.name_scope(self.name, caller=self):
                 self.build(list(trainable_variables))
             self.built = True
-        variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
+        if trainable_variables is None:
+            variables = compat.optimizer_trainable_variables(self)
+        else:
+            variables = list(trainable_variables)
         grads = list(grads)
         if len(grads) != len(variables):
             raise ValueError(f"AGC.apply got {len(grads)} gradients for {len(variables)} variables.")
@@ -377,11 +362,6 @@ class AGC(keras.optimizers.Optimizer):
     @property
     def iterations(self):
         return self.inner_optimizer.iterations
-
-    @property
-    def _model_variables_moving_average(self):
-        # Lets keras.callbacks.SwapEMAWeights find the inner optimizer's EMA through LossScaleOptimizer(AGC(...)).
-        return self.inner_optimizer._model_variables_moving_average
 
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)

@@ -14,6 +14,8 @@ import contextlib
 import keras
 from keras import ops
 
+from keras_nfnet import compat
+
 
 def ema_decay(step, max_decay=0.99999):
     """The decay used for the update after `step` completed steps: min(max_decay, (1 + step) / (10 + step))."""
@@ -21,7 +23,7 @@ def ema_decay(step, max_decay=0.99999):
     return ops.minimum(ops.cast(max_decay, "float32"), (1.0 + step) / (10.0 + step))
 
 
-class EMAWarmup:
+class EMAWarmup(compat.OptimizerEMAHooks):
     """Mixin for a `keras.optimizers.Optimizer` subclass: `use_ema=True` averages use the NFNet decay warm-up.
 
     List it before the Keras optimizer base class. `ema_momentum` is the maximum decay. The decay for an update
@@ -35,25 +37,25 @@ class EMAWarmup:
         # the initializer, not an assign after creation: model.fit may build the optimizer while tracing the
         # train step, where an assign would become part of the step and reset the averages every step.
         return [
-            None if self._overwrite_variable_with_gradient(v)
+            None if compat.overwrites_with_gradient(self, v)
             else self.add_variable_from_reference(v, name="average", initializer=_ValueOf(v))
             for v in trainable_variables
         ]
 
-    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+    def write_ema_averages(self, trainable_variables):
         if keras.backend.backend() == "tensorflow":
-            return super()._overwrite_model_variables_with_average_value(trainable_variables)
+            return self.keras_write_ema_averages(trainable_variables)
         # Keras assigns the average's own array to the weight; on JAX the two then share one buffer and the next
         # jitted step, which donates both, fails ("Attempt to donate the same buffer twice"). Assign a copy.
-        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+        for variable, average in zip(trainable_variables, compat.ema_averages(self)):
             if average is not None:
                 variable.assign(ops.copy(average))
 
-    def _update_model_variables_moving_average(self, trainable_variables):
+    def update_ema_averages(self, trainable_variables):
         if not self.use_ema:
             return
         decay = ema_decay(self.iterations, self.ema_momentum)
-        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+        for variable, average in zip(trainable_variables, compat.ema_averages(self)):
             if average is not None:
                 d = ops.cast(decay, variable.dtype)
                 average.assign(d * average + (1.0 - d) * variable)
@@ -79,7 +81,7 @@ def find_ema_optimizer(optimizer):
     """The optimizer that holds the weight averages, looking through wrappers (LossScaleOptimizer, AGC)."""
     seen = optimizer
     while seen is not None:
-        if getattr(seen, "use_ema", False) and hasattr(seen, "_model_variables_moving_average") and \
+        if getattr(seen, "use_ema", False) and compat.has_ema_averages(seen) and \
                 not hasattr(seen, "inner_optimizer"):
             return seen
         seen = getattr(seen, "inner_optimizer", None)
@@ -105,7 +107,7 @@ def ema_weights(model, optimizer=None):
         )
     if not holder.built:
         raise ValueError("The optimizer has not been built yet, so it has no weight averages to swap in.")
-    pairs = [(v, a) for v, a in zip(holder._trainable_variables, holder._model_variables_moving_average)
+    pairs = [(v, a) for v, a in zip(compat.optimizer_trainable_variables(holder), compat.ema_averages(holder))
              if a is not None]
     saved = [ops.convert_to_numpy(v) for v, _ in pairs]
     for variable, average in pairs:

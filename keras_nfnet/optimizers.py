@@ -18,6 +18,7 @@ import re
 import keras
 from keras import ops
 
+from keras_nfnet import compat
 from keras_nfnet.agc import AGC, DEFAULT_EXCLUDE, _check_positive, _path
 from keras_nfnet.ema import EMAWarmup
 from keras_nfnet.schedules import warmup_cosine
@@ -84,7 +85,7 @@ class CoupledDecaySGD(EMAWarmup, keras.optimizers.Optimizer):
         self.momentums = self.add_optimizer_variables(variables, "momentum") if self.momentum > 0 else []
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = compat.variable_index(self, variable)
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
         if self.coupled_weight_decay > 0 and self._decays[index]:

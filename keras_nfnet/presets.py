@@ -21,6 +21,8 @@ import tempfile
 
 import keras
 
+from keras_nfnet import compat
+
 CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.weights.h5"
 TASK_CONFIG_FILE = "task.json"
@@ -73,7 +75,7 @@ def save_preset(model, preset_dir, source=None):
             _write_json(os.path.join(tmp, TASK_CONFIG_FILE), _serialize(task))
             _write_json(os.path.join(tmp, IMAGE_CONVERTER_CONFIG_FILE), _serialize(task.image_converter))
             keras.saving.save_weights(task, os.path.join(tmp, TASK_WEIGHTS_FILE),
-                                      objects_to_skip=list(backbone._flatten_layers()))
+                                      objects_to_skip=compat.flatten_layers(backbone))
         _write_json(os.path.join(tmp, METADATA_FILE), {
             "keras_version": keras.__version__,
             "keras_nfnet_version": __version__,
@@ -145,7 +147,7 @@ def load_classifier(preset, num_classes=None, dtype=None, **head_kwargs):
     config.update(head_kwargs)
     classifier = NFNetImageClassifier(backbone, name=task_config.get("name"), **config)
     keras.saving.load_weights(classifier, os.path.join(preset, TASK_WEIGHTS_FILE),
-                              objects_to_skip=list(backbone._flatten_layers()))
+                              objects_to_skip=compat.flatten_layers(backbone))
     return classifier
 
 

@@ -17,9 +17,10 @@ of the SAM paper). The loss and metrics reported are those at w (the first pass)
 
 TensorFlow backend only (the trainer's backend): it uses tf.GradientTape and tf.distribute.
 """
+import keras
 import tensorflow as tf
-from keras.src.losses import loss as loss_module
-from keras.src.trainers.data_adapters import data_adapter_utils
+
+from keras_nfnet import compat
 
 REDUCTIONS = ("global", "local")
 _NORM_FLOOR = 1e-12
@@ -33,25 +34,25 @@ def _distributed_add(pairs, sign):
             strategy.extended.update(variable, lambda v, d: v.assign_add(sign * tf.cast(d, v.dtype)), args=(e,),
                                      group=False)
 
-    tf.__internal__.distribute.interim.maybe_merge_call(add, tf.distribute.get_strategy(), pairs)
+    compat.merge_call(add, pairs)
 
 
 def sam_train_step(model, data, rho, reduction="global"):
     """One SAM step of a compiled `model` on `data` (x, y[, sample_weight]); returns the metric results."""
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     variables = model.trainable_variables
     tf_variables = [v.value for v in variables]
 
     def forward():
-        y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
-        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        y_pred = model(x, training=True) if compat.call_has_training_arg(model) else model(x)
+        loss = compat.compute_loss(model, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
         return y_pred, loss
 
     with tf.GradientTape() as tape:
         y_pred, loss = forward()
         # The first loss is the one reported: the loss at the current weights.
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        model._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=batch)
+        compat.loss_tracker(model).update_state(compat.unscale_loss_for_distribution(loss), sample_weight=batch)
         scaled = model.optimizer.scale_loss(loss)
     grads = tape.gradient(scaled, variables)
     grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, tf_variables)]
@@ -87,8 +88,6 @@ def enable_sam(model, rho=0.05, reduction="global"):
         raise ValueError(f"rho must be a number > 0 (the SAM neighbourhood radius, e.g. 0.05); got {rho!r}.")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}.")
-    import keras
-
     if keras.backend.backend() != "tensorflow":
         raise ValueError(f"enable_sam supports the TensorFlow backend only; this is {keras.backend.backend()}.")
     model.train_step = lambda data: sam_train_step(model, data, float(rho), reduction)

@@ -21,11 +21,13 @@ if os.environ["KERAS_BACKEND"] == "tensorflow":
 
     import pytest
 
+    from keras_nfnet import compat
+
     @pytest.fixture(autouse=True)
     def _fresh_collective_keys():
         """Every collective strategy starts from the same collective keys, and TensorFlow caches collective
         parameters per key for the whole process: two MirroredStrategies in one process whose all-reduces differ
         in shape then fail ("Shape mismatch in the collective instance"). Give each test its own key range, as
         TensorFlow's own test combinations do."""
-        tf.distribute.MirroredStrategy._collective_key_base += 100000
+        compat.advance_collective_keys()
         yield

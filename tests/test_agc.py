@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_nfnet import compat
 from keras_nfnet.agc import AGC, unit_axes_for_model
 
 
@@ -31,7 +32,7 @@ def apply_gradients(optimizer, grads, variables):
 
     if not optimizer.built:
         optimizer.build(variables)
-    assert [id(v) for v in variables] == [id(v) for v in optimizer._trainable_variables]
+    assert [id(v) for v in variables] == [id(v) for v in compat.optimizer_trainable_variables(optimizer)]
     step = _JITTED.setdefault(id(optimizer), (optimizer, jax.jit(optimizer.stateless_apply)))[1]
     new_trainable, new_state = step([v.value for v in optimizer.variables], list(grads),
                                     [v.value for v in variables])
@@ -42,7 +43,6 @@ def apply_gradients(optimizer, grads, variables):
 
 
 _JITTED = {}
-_COLLECTIVE_KEY_BASES = iter(range(7_000, 1_000_000, 1_000))
 
 
 def mirrored_strategy():
@@ -50,12 +50,12 @@ def mirrored_strategy():
 
     TensorFlow caches collective parameters per (group key, instance key) for the whole process, and every
     MirroredStrategy starts from the same keys, so two strategies in one test process whose all-reduces differ in
-    shape fail ("Shape mismatch in the collective instance 100"). TensorFlow's own tests separate strategies with
-    the class attribute `_collective_key_base`; so do these.
+    shape fail ("Shape mismatch in the collective instance 100"). TensorFlow's own tests move the strategies'
+    collective-key base on; so do these.
     """
     import tensorflow as tf
 
-    tf.distribute.MirroredStrategy._collective_key_base = next(_COLLECTIVE_KEY_BASES)
+    compat.advance_collective_keys()
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 

@@ -15,6 +15,7 @@ if keras.backend.backend() != "tensorflow":
 import tensorflow as tf  # noqa: E402
 
 import keras_nfnet.agc as agc_module  # noqa: E402
+from keras_nfnet import compat  # noqa: E402
 from keras_nfnet.agc import AGC  # noqa: E402
 from keras_nfnet.optimizers import CoupledDecaySGD  # noqa: E402
 from tests.test_agc import mirrored_strategy  # noqa: E402
@@ -82,7 +83,7 @@ def single_device_run():
 def test_mirrored_equals_single_device_while_clipping(single_device_run):
     reference, single_opt = single_device_run
     weights, opt = train(mirrored(), agc_sgd)
-    assert opt._distribution_strategy.num_replicas_in_sync == 2
+    assert compat.optimizer_strategy(opt).num_replicas_in_sync == 2
     fraction = float(opt.clipped_fraction.numpy())
     assert 0 < fraction < 1, "the test must exercise clipping (and leaving units alone)"
     np.testing.assert_allclose(fraction, float(single_opt.clipped_fraction.numpy()), rtol=1e-6)

@@ -35,7 +35,7 @@ PROGRAM = textwrap.dedent('''
     out_path = sys.argv[1]
     multi = "TF_CONFIG" in os.environ
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if multi else tf.distribute.get_strategy()
-    workers = strategy.extended._num_workers if multi else 1
+    workers = len(json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"]) if multi else 1
     worker = json.loads(os.environ["TF_CONFIG"])["task"]["index"] if multi else 0
 
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_nfnet import compat
 from keras_nfnet.agc import AGC
 from keras_nfnet.ema import ema_decay, ema_weights
 from keras_nfnet.optimizers import CoupledDecaySGD
@@ -38,7 +39,7 @@ def test_averages_follow_numpy_reference():
         apply_gradients(opt, [keras.ops.convert_to_tensor(g) for g in grads], variables)
         d = min(0.5, (1 + t) / (10 + t))
         average = [d * a + (1 - d) * w for a, w in zip(average, numbers(variables))]
-    stored = opt.inner_optimizer._model_variables_moving_average
+    stored = compat.ema_averages(opt.inner_optimizer)
     for a, s in zip(average, numbers(stored)):
         np.testing.assert_allclose(s, a, rtol=1e-5, atol=1e-7)
     # The averages differ from the weights, so the swap below is observable.
@@ -69,7 +70,7 @@ def test_averages_inside_fit_follow_the_recorded_weights():
     for t, weights in enumerate(recorded[1:]):
         d = min(0.8, (1 + t) / (10 + t))
         average = [d * a + (1 - d) * w for a, w in zip(average, weights)]
-    for a, s in zip(average, numbers(opt.inner_optimizer._model_variables_moving_average)):
+    for a, s in zip(average, numbers(compat.ema_averages(opt.inner_optimizer))):
         np.testing.assert_allclose(s, a, rtol=1e-5, atol=1e-7)
     # fit ends with the averages in the model (Keras's use_ema behaviour): that is what gets evaluated/exported.
     for v, a in zip(model.trainable_variables, average):
@@ -87,7 +88,7 @@ def test_fit_with_swap_ema_weights_through_loss_scale_and_agc():
     x, y = rng.normal(size=(16, 5)).astype(np.float32), rng.integers(0, 3, size=16)
     model.fit(x, y, batch_size=4, epochs=2, verbose=0, validation_data=(x, y),
               callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True)])
-    averages = numbers(opt.inner_optimizer.inner_optimizer._model_variables_moving_average)
+    averages = numbers(compat.ema_averages(opt.inner_optimizer.inner_optimizer))
     for v, a in zip(model.trainable_variables, averages):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(v), a, rtol=1e-6, atol=1e-7)
 

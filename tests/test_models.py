@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import keras
 
+from keras_nfnet import compat
 from keras_nfnet.layers import NFBlock, WSConv2D
 from keras_nfnet.models import NFNet
 from keras_nfnet.variants import LADDER, VARIANTS, get_variant
@@ -57,7 +58,7 @@ def test_feature_extraction_outputs():
 
 def test_variable_layout(tiny):
     paths = [v.path for v in tiny.trainable_variables]
-    convs = [layer for layer in tiny._flatten_layers() if isinstance(layer, WSConv2D)]
+    convs = [layer for layer in compat.flatten_layers(tiny) if isinstance(layer, WSConv2D)]
     for conv in convs:
         assert sorted(v.name for v in conv.weights) == ["bias", "gain", "kernel"]
     blocks = [layer for layer in tiny.layers if isinstance(layer, NFBlock)]

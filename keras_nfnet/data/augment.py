@@ -8,6 +8,8 @@ TPU op set the NFNet paper used).
 """
 import tensorflow as tf
 
+from keras_nfnet import compat
+
 # tf-models-official's RandAugment op list (its default `available_ops`), in its order.
 RANDAUGMENT_OPS = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast", "Brightness",
@@ -74,7 +76,7 @@ def rand_augment(image, seed, num_layers=2, magnitude=10.0, cutout_const=40.0, t
                 pad = int(magnitude / MAX_LEVEL * cutout_const)
                 cy = tf.random.stateless_uniform([], s_cy, 0, tf.shape(img)[0], dtype=tf.int32)
                 cx = tf.random.stateless_uniform([], s_cx, 0, tf.shape(img)[1], dtype=tf.int32)
-                return lambda: tfm_augment._fill_rectangle(img, cx, cy, pad, pad, REPLACE_VALUE[0])
+                return lambda: compat.fill_rectangle(img, cx, cy, pad, pad, REPLACE_VALUE[0])
             args = _op_args(name, magnitude, sign, cutout_const, translate_const)
             func = tfm_augment.NAME_TO_FUNC[name]
             return lambda: tf.ensure_shape(func(img, *args), static_shape)

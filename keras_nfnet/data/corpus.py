@@ -44,22 +44,22 @@ def feature_spec():
 
 def encode_example(image_bytes, labels, example_id, image_format):
     """Serialized tf.train.Example for one image."""
-    from tensorflow.core.example import example_pb2, feature_pb2
+    import tensorflow as tf
 
     feature = {
-        IMAGE_KEY: feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[bytes(image_bytes)])),
-        FORMAT_KEY: feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[image_format.encode()])),
-        LABEL_KEY: feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v) for v in labels])),
-        ID_KEY: feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(example_id)])),
+        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(image_bytes)])),
+        FORMAT_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_format.encode()])),
+        LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in labels])),
+        ID_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(example_id)])),
     }
-    return example_pb2.Example(features=feature_pb2.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def decode_example(serialized):
     """Python-side parse of one record -> dict(image, format, labels, id): for tools and tests."""
-    from tensorflow.core.example import example_pb2
+    import tensorflow as tf
 
-    ex = example_pb2.Example.FromString(serialized)
+    ex = tf.train.Example.FromString(serialized)
     f = ex.features.feature
     return {
         "image": f[IMAGE_KEY].bytes_list.value[0],

@@ -15,8 +15,8 @@ import time
 import tensorflow as tf
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import saved_model_pb2
 
+from keras_nfnet import compat
 from keras_nfnet.serving.rest_api import ClientError, first_line
 
 logger = logging.getLogger("keras_nfnet.serving")
@@ -40,7 +40,7 @@ class LoadError(ValueError):
 
 def _signature_defs(export_dir):
     """The SignatureDef map from saved_model.pb as TF Serving prints it in JSON (proto field names)."""
-    proto = saved_model_pb2.SavedModel()
+    proto = compat.saved_model_proto()
     with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())
     defs = proto.meta_graphs[0].signature_def

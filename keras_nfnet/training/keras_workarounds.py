@@ -25,7 +25,9 @@ model instance, never to Keras classes, so other models in the same process are 
 import logging
 
 import tensorflow as tf
-from keras.src import tree
+from keras import tree
+
+from keras_nfnet import compat
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,9 @@ def _install_symbolic_build(model, strategy):
                 data_batch = tree.map_structure(first_replica, next(it))
                 break
         with strategy.scope():
-            model._symbolic_build(data_batch=data_batch)
+            compat.symbolic_build(model, data_batch)
 
-    model._maybe_symbolic_build = _maybe_symbolic_build
+    compat.replace_symbolic_build(model, _maybe_symbolic_build)
 
 
 def needed(strategy, steps_per_execution=1):

@@ -12,6 +12,8 @@ import os
 
 import tensorflow as tf
 
+from keras_nfnet import compat
+
 KINDS = ("default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
@@ -55,11 +57,11 @@ def _fresh_collective_keys(make):
     second one then reuses the first one's keys ("Shape mismatch in the collective instance ..."). TensorFlow's
     own test combinations move the base on for each strategy; do the same, before and after, so strategies made
     elsewhere in the process do not collide with this one either."""
-    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    compat.advance_collective_keys()
     try:
         return make()
     finally:
-        tf.distribute.MirroredStrategy._collective_key_base += 100000
+        compat.advance_collective_keys()
 
 
 def make_strategy(kind="default", num_cpu_devices=2, tpu_address=""):
