@@ -10,9 +10,12 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["keras_nfnet", "keras_nfnet.*"]),
     install_requires=[
-        # tf-models-official 2.20 pins TensorFlow to 2.20.x; accept that pin.
-        "tensorflow>=2.20,<2.21",
-        "keras>=3.10,<4",
+        # Keras and TensorFlow: only the releases the test suite has passed on (keras 3.15.x with tensorflow
+        # 2.20.x), because keras_nfnet/compat.py relies on private APIs of both that any release may change.
+        # To widen: run the suite on the new release (tests/test_compat.py names any private call that moved),
+        # then widen these, compat.TESTED_WITH and requirements_lock.txt together.
+        "tensorflow>=2.20,<2.21",  # tf-models-official 2.20 pins TensorFlow to 2.20.x as well
+        "keras>=3.15,<3.16",
         "tensorflow-datasets>=4.9",
         "importlib_resources",  # undeclared by tensorflow-datasets, needed by tfds.load
         "tf-models-official>=2.20,<2.21",
@@ -34,6 +37,7 @@ setuptools.setup(
             "pytest-timeout",
             "jax[cpu]",
             "scikit-image",
+            "packaging",  # version specifiers in tests/test_build_file.py and scripts/lock_requirements.py
         ],
     },
 )
