@@ -5,11 +5,9 @@ one test per entry of PRIVATE_CALLS that fails naming the call and the installed
 other module of the package reaches into library internals. At run time a missing private attribute raises
 PrivateAPIChanged (naming the call and the versions) instead of an AttributeError deep inside a traced step.
 
-TensorFlow and tf-models-official are imported on first use only: the models, AGC and EMA also run on JAX.
+Every library is imported on first use only: the models, AGC and EMA also run on JAX (no TensorFlow), and the
+model server runs without Keras.
 """
-import keras
-from keras.src.losses import loss as _keras_loss
-from keras.src.utils import tracking as _keras_tracking
 
 # The versions the test suite passed on; setup.py accepts these.
 TESTED_WITH = "keras 3.15, tensorflow 2.20"
@@ -44,6 +42,8 @@ class PrivateAPIChanged(RuntimeError):
 
 def installed_versions():
     """'keras X, tensorflow Y' for the libraries installed now."""
+    import keras
+
     try:
         import tensorflow as tf
 
@@ -64,9 +64,12 @@ def _private(obj, name, call):
 
 # --- Keras tracking ------------------------------------------------------------------------------------------
 
-# Attributes set inside the decorated method are not tracked as Keras state (LossScaleOptimizer.build does the
-# same): AGC keeps plain Python lists of its per-variable plan.
-no_automatic_dependency_tracking = _keras_tracking.no_automatic_dependency_tracking
+def no_automatic_dependency_tracking(method):
+    """Decorator: attributes set inside `method` are not tracked as Keras state (LossScaleOptimizer.build does the
+    same); AGC keeps plain Python lists of its per-variable plan."""
+    from keras.src.utils import tracking
+
+    return tracking.no_automatic_dependency_tracking(method)
 
 
 def flatten_layers(layer, include_self=True, recursive=True):
@@ -169,7 +172,9 @@ class OptimizerEMAHooks:
 
 def unscale_loss_for_distribution(value):
     """Undo the 1/num_replicas scaling of a per-replica loss, as Keras's train step does before reporting it."""
-    return _keras_loss.unscale_loss_for_distribution(value)
+    from keras.src.losses import loss
+
+    return loss.unscale_loss_for_distribution(value)
 
 
 def call_has_training_arg(model):

@@ -44,9 +44,12 @@ def closure(requirements):
                 requirement.marker.evaluate({"extra": e}) for e in (parent_extras or {""})):
             continue
         name = canonicalize_name(requirement.name)
-        dist = importlib.metadata.distribution(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise LookupError(f"{requirement} is required but not installed in {sys.prefix}") from None
         if dist.version not in requirement.specifier:
-            raise SystemExit(f"installed {name} {dist.version} does not satisfy {requirement}")
+            raise LookupError(f"installed {name} {dist.version} does not satisfy {requirement}")
         pinned[name] = dist.version
         extras = frozenset(requirement.extras)
         if (name, extras) in done:
@@ -57,7 +60,11 @@ def closure(requirements):
 
 
 def main():
-    pinned = closure(setup_requirements())
+    try:
+        pinned = closure(setup_requirements())
+    except LookupError as error:
+        print(f"lock_requirements: {error}", file=sys.stderr)
+        return 2
     LOCK.write_text(HEADER + "".join(f"{name}=={version}\n" for name, version in sorted(pinned.items())))
     print(f"{LOCK.relative_to(ROOT)}: {len(pinned)} packages")
     return 0

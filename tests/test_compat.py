@@ -376,3 +376,15 @@ def test_the_scan_catches_a_private_call(tmp_path):
                       "        return super()._x()\n")
     found = _violations(sample, {"_get_variable_index"}, root=tmp_path)
     assert len(found) == 5, found
+
+
+def test_compat_imports_no_library_until_used():
+    """The model server runs without Keras and imports compat (for the SavedModel proto)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['keras'] = None\n"
+              "from keras_nfnet import compat\n"
+              "assert compat.saved_model_proto().meta_graphs == []\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
