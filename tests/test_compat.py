@@ -299,6 +299,27 @@ def test_saved_model_proto(tmp_path):
     assert "serving_default" in proto.meta_graphs[0].signature_def
 
 
+def test_setup_py_accepts_the_versions_the_suite_runs_on():
+    """setup.py's Keras and TensorFlow ranges, compat.TESTED_WITH and the installed releases agree: a run on a
+    release outside the accepted range fails here (widen setup.py and TESTED_WITH once the rest passes)."""
+    import importlib.metadata
+    import re
+
+    from packaging.requirements import Requirement
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    requires = next(ast.literal_eval(k.value) for node in ast.walk(tree) if isinstance(node, ast.keyword)
+                    for k in [node] if k.arg == "install_requires")
+    accepted = {r.name: r.specifier for r in map(Requirement, requires) if r.name in ("keras", "tensorflow")}
+    tested = dict(re.findall(r"(keras|tensorflow) (\d+\.\d+)", compat.TESTED_WITH))
+    assert set(accepted) == set(tested) == {"keras", "tensorflow"}, (accepted, tested)
+    for name, specifier in accepted.items():
+        installed = importlib.metadata.version(name)
+        assert f"{tested[name]}.0" in specifier, f"compat.TESTED_WITH {name} {tested[name]} vs setup.py {specifier}"
+        assert installed in specifier, (f"installed {name} {installed} is outside setup.py's {name}{specifier}: "
+                                        "run the suite on it, then widen setup.py and compat.TESTED_WITH")
+
+
 def test_every_private_call_has_a_test():
     tested = {getattr(f, "covers", None) for f in globals().values() if callable(f)}
     missing = sorted(set(compat.PRIVATE_CALLS) - tested)
