@@ -177,6 +177,7 @@ def main(argv=None):
     parser.add_argument("--peer_python", default=os.environ.get("PEER_PYTHON"),
                         help="an interpreter with torch + timm for the baseline (default: $PEER_PYTHON)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every row (0: library default)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over all rows; each row keeps its best")
     parser.add_argument("--warmup", type=int, default=2, help="calls before timing (the first includes tracing)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--min_seconds", type=float, default=10.0)
@@ -199,22 +200,29 @@ def main(argv=None):
     print(f"{args.variant} at {args.image_size} px, batch {args.batch}, {args.dtype}; {macs / 1e6:,.1f} MMACs/image; "
           f"float32 matmul peak {peak_flops / 1e9:.0f} GFLOP/s (measured in this run)", flush=True)
 
-    rows = []
+    plan = []  # (label, mode, python, worker, env)
     for mode in args.modes.split(","):
         if args.peer_python and args.variant in TIMM_NAMES and args.dtype == "float32":
-            rows.append(("timm (PyTorch eager)", mode, _run_row(args.peer_python, "timm", args, {"_mode": mode})))
+            plan.append(("timm (PyTorch eager)", mode, args.peer_python, "timm", {"_mode": mode}))
         for backend in args.backends.split(","):
             for form in args.forms.split(","):
                 label = f"keras_nfnet {backend}, form {form}" + (", XLA" if args.jit_compile else "")
                 env = {"_mode": mode, "_form": form, "_jit": args.jit_compile, "KERAS_BACKEND": backend}
                 if backend == "jax":
                     env["JAX_PLATFORMS"] = "cpu"
-                rows.append((label, mode, _run_row(sys.executable, "keras", args, dict(env))))
-                print(f"  measured: {label} {mode}", flush=True)
+                plan.append((label, mode, sys.executable, "keras", env))
                 if args.corpus and mode == "train":
-                    label += ", fed by pipeline"
-                    rows.append((label, mode, _run_row(sys.executable, "keras", args, {**env, "_corpus": True})))
-                    print(f"  measured: {label} {mode}", flush=True)
+                    plan.append((label + ", fed by pipeline", mode, sys.executable, "keras", {**env, "_corpus": True}))
+    # Rows alternate over `repeats` rounds and keep their best round, so a passing load spike hits one round.
+    best = {}
+    for round_ in range(args.repeats):
+        for label, mode, python, worker, env in plan:
+            r = _run_row(python, worker, args, dict(env))
+            kept = best.get((label, mode))
+            if kept is None or "error" in kept or ("step_s" in r and r["step_s"] < kept["step_s"]):
+                best[(label, mode)] = r
+            print(f"  measured (round {round_ + 1}/{args.repeats}): {label} {mode}", flush=True)
+    rows = [(label, mode, best[(label, mode)]) for label, mode, *_ in plan]
 
     header = f"| {'model':<58} | mode  | first step s | s/step | images/s | GFLOP/s | of peak | vs timm |"
     print(header)
