@@ -56,6 +56,10 @@ def run(main, positional=False):
         except USER_ERRORS as error:
             if os.environ.get("KERAS_NFNET_TRACEBACK"):
                 raise
-            return report(error, 2)
+            status = report(error, 2)
+            # An error raised inside a tf.data function can leave TensorFlow's input threads waiting, and the
+            # interpreter's exit then waits on them forever: after a user error nothing is left to finish.
+            sys.stdout.flush()
+            os._exit(status)
 
     app.run(lambda argv: sys.exit(guarded(argv)), flags_parser=_parse_flags)

@@ -241,8 +241,15 @@ def _run(corpus_dir, workdir, overrides=""):
 # Runs the pretraining app's own entry point (trainers/pretrain.py: absl flags, cli.run, main) once per case inside
 # ONE subprocess, so TensorFlow is imported once for the whole table (about 10 s per process on this machine).
 _DRIVER = r"""
-import contextlib, io, json, sys
+import contextlib, io, json, os, sys
 sys.path.insert(0, ".")
+
+
+def _exit(status):  # cli.run ends the process hard after a user error; here each case returns instead
+    raise SystemExit(status)
+
+
+os._exit = _exit
 sys.argv = ["trainers/pretrain.py"]
 import trainers.pretrain as app
 from keras_nfnet import cli
