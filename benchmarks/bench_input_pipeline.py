@@ -7,12 +7,18 @@ Both read the same corpus in the same run; the table gives records/s and the rat
   +RandAugment     + RandAugment(2, 10) (stateless here; tf-models-official's stateful RandAugment in the
                    plain pipeline)
   +MixUp/CutMix    + MixUp/CutMix (stateless pairs here, tf-models-official's MixupAndCutmix in the plain one)
+  ids:read+parse, ids:decode+augment
+                   the cost of the per-record id check: the same corpus without id tables (the read path before
+                   the check; the baseline) against with them (read, gather the expected ids, compare in the graph)
+It also times the checks made when a split is opened and the checksum verification of a run's first open.
 
     python benchmarks/bench_input_pipeline.py                       # builds a 64 px synthetic corpus in /tmp
     python benchmarks/bench_input_pipeline.py --corpus DIR --image_size 224 --batches 100
 """
 import argparse
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
-from keras_nfnet.data import corpus, preprocess  # noqa: E402
+from keras_nfnet.data import corpus, preprocess, records, verify  # noqa: E402
 from keras_nfnet.data.pipeline import record_batches, train_dataset  # noqa: E402
 from keras_nfnet.data.synthetic import make_synthetic_corpus  # noqa: E402
 
@@ -68,6 +74,36 @@ def plain_train(files, batch, size, shuffle_buffer, randaugment, mix=False):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def without_id_tables(corpus_dir):
+    """A copy of the corpus as written before id tables existed (no .ids files, no id entries in the metadata)."""
+    out = os.path.join(tempfile.mkdtemp(), "no_ids")
+    shutil.copytree(corpus_dir, out)
+    meta_path = os.path.join(out, corpus.METADATA_FILE)
+    meta = json.load(open(meta_path))
+    for split in meta["splits"].values():
+        for shard in split["shards"]:
+            for key in ("ids_sha256", "first_id", "last_id"):
+                shard.pop(key, None)
+            path = records.ids_path(os.path.join(out, shard["file"]))
+            if os.path.exists(path):
+                os.remove(path)
+    json.dump(meta, open(meta_path, "w"))
+    return out
+
+
+def time_open_checks(corpus_dir):
+    info = corpus.load_metadata(corpus_dir)
+    n = info.split("train").num_examples
+    start = time.perf_counter()
+    verify.open_split(info, "train").close()
+    opened = time.perf_counter() - start
+    start = time.perf_counter()
+    hashed = verify.verify_checksums(info, ["train"])
+    hashing = time.perf_counter() - start
+    print(f"open checks of {n} records: {opened * 1e3:.1f} ms ({opened / n * 1e9:.0f} ns per record); checksums: "
+          f"{hashed / 1e6:.1f} MB in {hashing:.2f} s ({hashed / 1e6 / hashing:.0f} MB/s)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", help="existing corpus (default: build a synthetic one)")
@@ -80,7 +116,8 @@ def main():
                         help="shortest timing window per row (2 s windows moved ratios by +-0.04 on 2 cores)")
     parser.add_argument("--shuffle_buffer", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats; the best is reported")
-    parser.add_argument("--stages", default="read+parse,decode+augment,+RandAugment,+MixUp/CutMix",
+    parser.add_argument("--stages", default="read+parse,decode+augment,+RandAugment,+MixUp/CutMix,ids:read+parse,"
+                        "ids:decode+augment",
                         help="comma-separated subset of the stages to time")
     args = parser.parse_args()
     corpus_dir = args.corpus
@@ -91,6 +128,8 @@ def main():
                                       image_size=args.image_size)
         print(f"  generated at {stats['images_per_second']:.0f} images/s")
     files = corpus.load_metadata(corpus_dir).split("train").shard_paths(corpus_dir)
+    time_open_checks(corpus_dir)
+    no_ids = without_id_tables(corpus_dir)
     spec = corpus.feature_spec()
     b, size = args.batch, args.image_size
     rows = [
@@ -113,6 +152,13 @@ def main():
         ("+MixUp/CutMix", "exactly-once (stateless MixUp/CutMix + RA)",
          lambda: train_dataset(corpus_dir, "train", b, size, seed=0, randaugment_layers=2,
                                randaugment_magnitude=10, mixup_cutmix=True)),
+        ("ids:read+parse", "exactly-once, no id tables",
+         lambda: record_batches(no_ids, "train", b, seed=0).map(lambda e: tf.io.parse_example(e["serialized"], spec))),
+        ("ids:read+parse", "exactly-once, id tables",
+         lambda: record_batches(corpus_dir, "train", b, seed=0).map(
+             lambda e: tf.io.parse_example(e["serialized"], spec))),
+        ("ids:decode+augment", "exactly-once, no id tables", lambda: train_dataset(no_ids, "train", b, size, seed=0)),
+        ("ids:decode+augment", "exactly-once, id check", lambda: train_dataset(corpus_dir, "train", b, size, seed=0)),
     ]
     rows = [r for r in rows if r[0] in args.stages.split(",")]
     results = {}
@@ -126,7 +172,7 @@ def main():
             print(f"  measured {key[0]:15s} {key[1]:42s} {results[key]:9.0f} records/s", flush=True)
     print(f"\nbatch {b}, {size} px, {os.cpu_count()} CPUs, best of {args.repeats} x (>= {args.batches} batches "
           f"and >= {args.min_seconds:g} s)")
-    print(f"| stage | pipeline | records/s | ratio to plain |")
+    print(f"| stage | pipeline | records/s | ratio to the stage's first row |")
     print(f"|---|---|---|---|")
     for i in range(0, len(rows), 2):
         stage, base = rows[i][0], results[rows[i][:2]]

@@ -34,6 +34,7 @@ from keras_nfnet import architectures
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
 from keras_nfnet.data import preprocess
+from keras_nfnet.data import verify
 from keras_nfnet.losses import recipe_loss
 from keras_nfnet.models import NFNet
 from keras_nfnet.optimizers import nfnet_optimizer
@@ -70,6 +71,8 @@ class FinetuneConfig:
     randaugment_layers: int = 0
     randaugment_magnitude: float = 10.0
     mixup_cutmix: bool = False
+    on_bad_record: str = "raise"   # raise | skip (weight 0, counted per reason in results.json); docs/data.md
+    verify_checksums: bool = True  # SHA-256 of the corpus files read, before training
     repeats: int = 1               # repeated augmentation multiplicity K; steps unchanged (compute kept equal)
     # recipe ([NF]'s JFT fine-tuning, scaled to small batches)
     epochs: float = 10.0
@@ -143,6 +146,8 @@ def validate(config):
     if config.repeats < 1 or config.global_batch_size % config.repeats:
         raise ValueError(f"repeats must be >= 1 and divide global_batch_size {config.global_batch_size}; "
                          f"got {config.repeats}")
+    if config.on_bad_record not in pipeline.BAD_RECORD_POLICIES:
+        raise ValueError(f"on_bad_record must be one of {pipeline.BAD_RECORD_POLICIES}; got {config.on_bad_record!r}")
     if config.sam_reduction not in REDUCTIONS:
         raise ValueError(f"sam_reduction must be one of {REDUCTIONS}; got {config.sam_reduction!r}")
     if not 0 <= config.stochastic_depth_rate < 1 or config.dropout_rate >= 1:
@@ -244,7 +249,12 @@ def load_pretrained(source):
     weights, pre = _checkpoint_weights(source)
     model = architectures.build(pre["variant"], num_classes=_classes_in_weights(weights), stochastic_depth_rate=0.0,
                                 dropout_rate=0.0)
-    model.load_weights(weights)
+    try:
+        model.load_weights(weights)
+    except Exception as err:  # noqa: BLE001 - h5py/Keras raise many kinds for a damaged file
+        raise ValueError(f"checkpoint weights {weights} do not load ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); name an intact checkpoint directory "
+                         "as source") from err
     log.info("loaded %s (%s) from %s", pre["variant"], model.num_classes, weights)
     return model
 
@@ -282,7 +292,8 @@ def replace_head(pretrained, num_classes, dropout_rate=None, stochastic_depth_ra
 _MODEL_VIEW = "model"
 
 
-def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5), crop_fraction=_MODEL_VIEW):
+def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5), crop_fraction=_MODEL_VIEW,
+                  on_bad_record="raise", bad_record_report=None):
     """{"top1", "top5", "loss", "examples"} over every example of `split` (evaluation preprocessing).
 
     The evaluation view is (image_size, crop_fraction); crop_fraction defaults to the model's own (NFNet's
@@ -292,11 +303,12 @@ def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5), crop_
     """
     if crop_fraction == _MODEL_VIEW:
         crop_fraction = getattr(model, "crop_fraction", None)
-    ds = pipeline.eval_dataset(corpus, split, batch_size, image_size, crop_fraction=crop_fraction)
+    ds = pipeline.eval_dataset(corpus, split, batch_size, image_size, crop_fraction=crop_fraction,
+                               on_bad_record=on_bad_record, bad_record_report=bad_record_report)
     predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
     correct = {k: 0.0 for k in ks}
     loss_sum, count = 0.0, 0.0
-    with pipeline.naming_undecodable_images(corpus, lambda: [(split, None)]):
+    with pipeline.naming_bad_records(corpus, lambda: [(split, None)]):
         for images, labels, weights in ds:
             logits = predict(images).numpy()
             labels, weights = labels.numpy(), weights.numpy()
@@ -344,10 +356,18 @@ def finetune(config, workdir, strategy=None):
     """Run the fine-tuning job; returns the results dict (also written to `<workdir>/results.json`)."""
     validate(config)
     started = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir} exists and is not a directory; choose a directory path")
     info = corpus_lib.load_metadata(config.corpus)
     num_train = info.split(config.train_split).num_examples
     eval_split = find_eval_split(info, config.eval_split)  # fails early, naming the known splits
+    for split in (config.train_split, eval_split):  # a damaged corpus fails before anything is written
+        verify.open_split(info, split).close()
+    if config.verify_checksums:
+        verify.verify_checksums(info, [config.train_split, eval_split])
+    os.makedirs(workdir, exist_ok=True)
+    reports = ({"train": pipeline.BadRecordReport(), "eval": pipeline.BadRecordReport()}
+               if config.on_bad_record == "skip" else {})
     if strategy is None:
         strategy = strategy_lib.make_strategy(config.strategy, config.num_cpu_devices)
     pretrained = load_pretrained(config.source) if config.source else None
@@ -399,7 +419,8 @@ def finetune(config, workdir, strategy=None):
                                       config.seed, input_context=ctx, crop=config.crop, flip=config.flip,
                                       repeats=config.repeats, mixup_cutmix=config.mixup_cutmix,
                                       randaugment_layers=config.randaugment_layers,
-                                      randaugment_magnitude=config.randaugment_magnitude)
+                                      randaugment_magnitude=config.randaugment_magnitude,
+                                      on_bad_record=config.on_bad_record, bad_record_report=reports.get("train"))
 
     tb_dir = os.path.join(workdir, "tensorboard")
     writer = tf.summary.create_file_writer(tb_dir)
@@ -411,7 +432,7 @@ def finetune(config, workdir, strategy=None):
         return [(config.train_split, pipeline.train_step_records(
             config.corpus, config.train_split, config.global_batch_size, config.seed, step, config.repeats))]
 
-    with pipeline.naming_undecodable_images(config.corpus, suspects):
+    with pipeline.naming_bad_records(config.corpus, suspects):
         progress = [StepProgress(steps, config.global_batch_size, num_train)] if config.verbose else []
         model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-steps // interval),
                   steps_per_epoch=interval, verbose=0, shuffle=False,  # the sampler shuffles already
@@ -423,11 +444,13 @@ def finetune(config, workdir, strategy=None):
     if config.ema:
         # With use_ema, `fit` ends by copying the weight averages into the model: evaluate and save those, then
         # put the final raw weights back.
-        results["ema"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch)
+        results["ema"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
+                                       on_bad_record=config.on_bad_record, bad_record_report=reports.get("eval"))
         model.save(os.path.join(workdir, "model_ema.keras"))
         for variable, value in zip(model.trainable_variables, final.values):
             variable.assign(value)
-    results["raw"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch)
+    results["raw"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
+                                   on_bad_record=config.on_bad_record, bad_record_report=reports.get("eval"))
     model.save(os.path.join(workdir, "model.keras"))
     best = max(results, key=lambda k: results[k]["top1"])
     summary = {
@@ -444,11 +467,15 @@ def finetune(config, workdir, strategy=None):
         "train_images_seen": steps * config.global_batch_size,
         "class_names": list(info.class_names), "seconds": round(time.time() - started, 1),
         "config": config.to_dict(),
+        "bad_records": {split: report.counts() for split, report in reports.items()},  # distinct, per reason
     }
     with writer.as_default():
         for name in ("top1", "top5", "top1_ema", "top5_ema"):
             if summary[name] is not None:
                 tf.summary.scalar(f"eval/{name}", summary[name], step=steps)
+        for split, counts in summary["bad_records"].items():
+            for reason, count in counts.items():
+                tf.summary.scalar(f"bad_records/{split}/{reason}", count, step=steps)
     writer.close()
     tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
     with open(tmp, "w") as f:

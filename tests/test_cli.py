@@ -1,4 +1,4 @@
-"""Command-line apps report user errors as one line with exit status 2, never a traceback."""
+"""Command-line apps report user errors as one line with exit status 2, never a traceback or absl's usage text."""
 import os
 import subprocess
 import sys
@@ -14,6 +14,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["datasets/make_synthetic.py", "--out=/tmp/unused", "--num_images=-5"], "num_images must be a positive"),
     (["trainers/compare.py", "--models=S0,resnet", "--pretrain_config=unused.py", "--workdir=/tmp/unused"],
      "unknown model 'resnet'"),
+    # absl's own errors: a missing required flag, an unknown flag, a bad value, a stray argument
+    (["trainers/pretrain.py", "--config=trainers/configs/cpu_tiny.py"], "Flag --workdir must have a value"),
+    (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=trainers/configs/cpu_tiny.py", "--no_such_flag=1"],
+     "Unknown command line flag 'no_such_flag'"),
+    (["trainers/finetune.py", "--workdir=/tmp/unused", "--epochs=many"], "flag --epochs=many"),
+    (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=trainers/configs/cpu_tiny.py", "stray"],
+     "unexpected arguments ['stray']"),
+    (["trainers/sweep.py", "--sweep=trainers/configs/sweep_toy.py", "stray"], "unexpected arguments ['stray']"),
+    (["trainers/export.py", "--base_dir=/tmp/unused"], "Flag --model_name must have a value"),
+    # a multi-line message (every problem of a config) still comes out as one line
+    (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=trainers/configs/cpu_tiny.py:variant=F99,epochs=0"],
+     "bad pretraining config: unknown variant 'F99'"),
 ])
 def test_user_error_is_one_line_and_status_2(argv, message):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -21,4 +33,6 @@ def test_user_error_is_one_line_and_status_2(argv, message):
     proc = subprocess.run([sys.executable] + argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert f"error: " in proc.stderr and message in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "USAGE" not in proc.stderr and "Try --helpfull" not in proc.stderr  # absl's usage text is not printed

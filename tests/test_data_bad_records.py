@@ -1,5 +1,6 @@
-"""Bad data: each case gives an error naming the shard and record, or, under the opt-in skip policy, a counted
-and reported skip with weight 0 (never silent loss)."""
+"""Bad data through the library: each case gives an error naming the split, shard and record, or, under the
+opt-in skip policy, a skip with weight 0 counted per reason (never silent loss). tests/test_bad_data_app.py runs
+every kind through the pretraining app."""
 import json
 import os
 
@@ -53,13 +54,18 @@ def test_corrupt_record_names_shard_and_record(tmp_path):
 def test_undecodable_and_truncated_images_name_shard_and_record(tmp_path):
     truncated_png = _png(4)[:-20]
     d = _make(tmp_path, bad_images={4: b"this is not an image", 13: truncated_png})
-    with pytest.raises(tf.errors.OpError, match=r"shard train-0000[01].tfrecord record [43]: image/encoded is not"):
+    with pytest.raises(tf.errors.OpError, match=r"split train shard train-0000[01].tfrecord record [43]: "
+                                                r"image/encoded is (not a JPEG or PNG|a truncated JPEG or PNG)"):
         _epoch(d)
     report = BadRecordReport()
     x, y, w = _epoch(d, on_bad_record="skip", bad_record_report=report)
     # Rows are reported as their batches are produced, and prefetching may already have produced the next epoch's.
-    assert {s.split(":")[0] for s in report.skipped} == {"shard train-00000.tfrecord record 4",
-                                                          "shard train-00001.tfrecord record 3"}
+    assert report.by_record == {
+        "split train shard train-00000.tfrecord record 4: image/encoded is not a JPEG or PNG (it starts with "
+        "b'this is ')": "undecodable_image",
+        "split train shard train-00001.tfrecord record 3: image/encoded is a truncated PNG (no IEND chunk)":
+        "undecodable_image"}
+    assert report.counts() == {"undecodable_image": 2}
 
 
 def test_truncated_shard_fails_before_reading(tmp_path):
@@ -76,18 +82,28 @@ def test_truncated_shard_fails_before_reading(tmp_path):
 
 def test_index_that_does_not_match_its_shard(tmp_path):
     d = _make(tmp_path)
-    # (a) an index belonging to another file: caught when the pipeline is built
+    # (a) an index belonging to another file: caught when the pipeline is built (count against the metadata)
     other = np.concatenate([records.read_index(_shard(d, 1)), [[10_000, 5]]])
     records.write_index(_shard(d, 0), other)
-    with pytest.raises(ValueError, match=r"shard train-00000.tfrecord (does not match its index|is truncated)"):
+    with pytest.raises(ValueError, match=r"split train shard train-00000.tfrecord: its index lists 11 records, "
+                                         r"the metadata says 10"):
         train_dataset(d, "train", 4, SIZE, seed=0)
-    # (b) a stale entry inside an otherwise plausible index: caught when that record is read
+    # (b) a stale entry inside an otherwise plausible index: caught when the pipeline is built (contiguity)
     d2 = _make(tmp_path / "b")
     index = records.read_index(_shard(d2, 1))
     index[6, 1] += 3
     records.write_index(_shard(d2, 1), index)
-    with pytest.raises(tf.errors.OpError, match=r"shard train-00001.tfrecord record 6: index does not match shard"):
-        _epoch(d2)
+    with pytest.raises(ValueError, match=r"split train shard train-00001.tfrecord: index entry 7 .* does not "
+                                         r"follow the previous record"):
+        train_dataset(d2, "train", 4, SIZE, seed=0)
+    # (c) and when read anyway, the record's stored length disagrees with the index
+    path = _shard(_make(tmp_path / "c"), 1)
+    index = np.array(records.read_index(path))
+    index[6, 1] += 3
+    reader = records.RecordReader([path], [index], split="train")
+    with pytest.raises(records.CorruptRecordError, match=r"split train shard train-00001.tfrecord record 6: index "
+                                                         r"does not match shard"):
+        reader.read(6)
 
 
 def test_label_outside_class_range(tmp_path):
@@ -96,7 +112,8 @@ def test_label_outside_class_range(tmp_path):
     meta = json.load(open(meta_path))
     meta["num_classes"], meta["class_names"] = 4, meta["class_names"][:4]  # label 4 is now out of range
     json.dump(meta, open(meta_path, "w"))
-    with pytest.raises(tf.errors.OpError, match=r"shard train-0000[01].tfrecord record [49]: label\(s\) outside"):
+    with pytest.raises(tf.errors.OpError, match=r"shard train-0000[01].tfrecord record [49]: label\(s\) 4 outside "
+                                                r"\[0, 4\)"):
         _epoch(d)
 
 
@@ -110,9 +127,10 @@ def test_skip_policy_counts_reports_and_zero_weights_every_bad_row(tmp_path, cap
     assert weights.sum() == N - 2 and x.shape[0] == N  # static batch; nothing dropped silently
     good_ids = sorted(info["id"].numpy()[weights == 1].tolist())
     assert good_ids == [i for i in range(N) if i not in (7, 12)]
-    assert {s.split(":")[0] for s in report.skipped} == {"shard train-00001.tfrecord record 2",
-                                                          "shard train-00000.tfrecord record 7"}
+    assert {s.split(":")[0] for s in report.skipped} == {"split train shard train-00001.tfrecord record 2",
+                                                          "split train shard train-00000.tfrecord record 7"}
     assert any("train-00001.tfrecord record 2" in s and "checksum" in s for s in report.skipped)
+    assert report.counts() == {"crc": 1, "undecodable_image": 1}
     assert np.all(y.numpy()[weights == 0] == 0)
     assert "skipped bad record" in caplog.text
     # in skip mode training elements carry the weight for model.fit
@@ -140,19 +158,19 @@ def test_image_the_decoder_rejects_is_named_after_the_failure(tmp_path):
         _epoch(d)
     assert "record" not in raw.value.message
     suspects = lambda: [("train", pipeline.train_step_records(d, "train", N, 0, first_step=0))]
-    with pytest.raises(pipeline.UndecodableImageError, match=r"1 record\(s\) cannot be decoded: shard "
-                                                             r"train-00001.tfrecord record 3: "):
-        with pipeline.naming_undecodable_images(d, suspects):
+    named = r"bad record: split train shard train-00001.tfrecord record 3: TensorFlow's decoder rejects the image"
+    with pytest.raises(records.CorruptRecordError, match=named):
+        with pipeline.naming_bad_records(d, suspects):
             _epoch(d)
     # The whole-split search (used for evaluation) finds it too, and nothing else is reported.
-    assert [s.split(":")[0] for s in pipeline.find_undecodable_images(d, "train")] == [
-        "shard train-00001.tfrecord record 3"]
-    with pytest.raises(pipeline.UndecodableImageError, match="train-00001.tfrecord record 3"):
-        with pipeline.naming_undecodable_images(d, lambda: [("train", None)]):
+    assert [(code, s.split(":")[0]) for code, s in pipeline.find_bad_records(d, "train")] == [
+        ("undecodable_image", "split train shard train-00001.tfrecord record 3")]
+    with pytest.raises(records.CorruptRecordError, match="train-00001.tfrecord record 3"):
+        with pipeline.naming_bad_records(d, lambda: [("train", None)]):
             list(eval_dataset(d, "train", 8, SIZE))
-    # Errors that are not about images pass through unchanged.
+    # Errors that are not about records pass through unchanged.
     with pytest.raises(tf.errors.InvalidArgumentError, match="unrelated"):
-        with pipeline.naming_undecodable_images(d, suspects):
+        with pipeline.naming_bad_records(d, suspects):
             tf.debugging.assert_equal(1, 2, message="unrelated")
 
 
@@ -161,7 +179,8 @@ def test_skip_policy_skips_an_image_the_decoder_rejects_and_keeps_every_other_ro
     d = _make(tmp_path / "bad", bad_images={13: _png_with_corrupt_body(13)})
     report = BadRecordReport()
     x, y, w = _epoch(d, on_bad_record="skip", bad_record_report=report)
-    assert set(report.skipped) == {"shard train-00001.tfrecord record 3: image rejected by TensorFlow's decoder"}
+    assert set(report.skipped) == {"split train shard train-00001.tfrecord record 3: TensorFlow's decoder rejects "
+                                   "the image"}
     x0, y0, w0 = _epoch(clean, on_bad_record="skip")
     w, w0 = w.numpy(), w0.numpy()
     assert w0.all() and (w == 0).sum() == 1
@@ -172,8 +191,7 @@ def test_skip_policy_skips_an_image_the_decoder_rejects_and_keeps_every_other_ro
     # With MixUp/CutMix and RandAugment after it, and in evaluation (which also pads the last batch).
     report = BadRecordReport()
     _epoch(d, on_bad_record="skip", bad_record_report=report, mixup_cutmix=True, randaugment_layers=2)
-    assert report.count >= 1 and set(report.skipped) == {
-        "shard train-00001.tfrecord record 3: image rejected by TensorFlow's decoder"}
+    assert report.count >= 1 and report.counts() == {"undecodable_image": 1}
     report = BadRecordReport()
     weights = [b[2].numpy() for b in eval_dataset(d, "train", 8, SIZE, on_bad_record="skip",
                                                     bad_record_report=report)]

@@ -129,7 +129,7 @@ def test_verify_passes_then_detects_tampering(tmp_path, capsys):
     raw[40] ^= 0xFF
     open(shard, "wb").write(bytes(raw))
     problems = verify.verify(d)
-    assert any("train-00001.tfrecord: sha256" in p for p in problems)
+    assert any("split train shard train-00001.tfrecord: shard sha256 does not match" in p for p in problems)
     assert any("train-00001.tfrecord" in p and "record 0" in p and "checksum" in p for p in problems)
     assert inspect_main([d]) == 1
 
@@ -145,3 +145,43 @@ def test_synthetic_corpus_is_deterministic_and_long_tailed(tmp_path):
     assert freq[:5].sum() > 0.3 * freq.sum()  # a few head classes carry a large share: long tail
     assert (freq > 0).sum() > 25  # but the tail is populated
     assert sum(ia.split("train").label_frequencies) > 300  # multi-label: more labels than images
+
+
+def test_id_tables_list_each_records_id_and_older_corpora_still_open(tmp_path):
+    d, expected = _write(tmp_path)
+    info = corpus.load_metadata(d)
+    for shard, path in zip(info.split("train").shards, info.split("train").shard_paths(d)):
+        ids = [int(ex["image/id"]) for ex in (tf.io.parse_single_example(r, corpus.feature_spec())
+                                              for r in tf.data.TFRecordDataset(path))]  # independent read
+        np.testing.assert_array_equal(records.read_ids(path), ids)
+        assert (shard["first_id"], shard["last_id"]) == (ids[0], ids[-1])
+        assert shard["ids_sha256"] == corpus.sha256_file(records.ids_path(path))
+    # A corpus written before id tables (no .ids files, no id entries in the metadata) opens and verifies; reads
+    # then have no id to compare with.
+    meta_path = os.path.join(d, "metadata.json")
+    meta = json.load(open(meta_path))
+    for split in meta["splits"].values():
+        for shard in split["shards"]:
+            for key in ("ids_sha256", "first_id", "last_id"):
+                shard.pop(key)
+            os.remove(records.ids_path(os.path.join(d, shard["file"])))
+    json.dump(meta, open(meta_path, "w"))
+    reader = verify.open_split(corpus.load_metadata(d), "train")
+    assert not reader.has_ids and reader.expected_ids([0]) is None
+    assert verify.verify(d, deep=True) == []
+    verify.verify_checksums(corpus.load_metadata(d), ["train", "holdout"])
+
+
+def test_open_checks_and_checksums_name_what_is_wrong(tmp_path):
+    d, _ = _write(tmp_path)
+    info = corpus.load_metadata(d)
+    assert verify.open_split(info, "train").num_records == 20
+    assert verify.verify_checksums(info, ["train"]) > 0
+    path = os.path.join(d, "train-00000.tfrecord")
+    index = np.array(records.read_index(path))
+    index[[2, 3]] = index[[3, 2]]  # two entries swapped: same count, same end, wrong order
+    records.write_index(path, index)
+    with pytest.raises(records.CorruptRecordError, match=r"split train shard train-00000.tfrecord: index entry 2 "):
+        verify.open_split(info, "train")
+    with pytest.raises(records.CorruptRecordError, match=r"split train shard train-00000.tfrecord: index sha256"):
+        verify.verify_checksums(info, ["train"])

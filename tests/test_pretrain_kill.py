@@ -1,5 +1,6 @@
 """The pretrain command killed with SIGKILL at random steps and re-run ends exactly where an uninterrupted run
-ends, and consumes each epoch's examples once.
+ends, and consumes each epoch's examples once, even though the newest checkpoint is truncated after each kill
+(the re-run reports it, keeps it aside and resumes from the previous one).
 
 Evidence for "each epoch's examples seen once": (1) every re-run resumes at the step of the newest complete
 checkpoint on disk (nothing replayed, nothing skipped: the step is read back from optimizer.iterations and the
@@ -50,6 +51,11 @@ def _checkpoint_steps(workdir):
     return sorted(int(m.group(1)) for m in (re.match(r"ckpt-(\d+)$", n) for n in os.listdir(directory)) if m)
 
 
+def _aside(workdir):
+    directory = os.path.join(workdir, "checkpoints")
+    return [n for n in os.listdir(directory) if n.startswith("damaged-")] if os.path.isdir(directory) else []
+
+
 def _weights(workdir, step):
     path = os.path.join(workdir, "checkpoints", f"ckpt-{step:09d}", "model.weights.h5")
     out = {}
@@ -74,20 +80,38 @@ def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(corpus, t
     reference = _launch(corpus, reference_dir)
     processes.append(reference)
 
-    resumes = []  # (newest checkpoint on disk at launch, step the run said it resumed from)
-    kills = 0
+    resumes = []  # (newest intact checkpoint on disk at launch, step the run said it resumed from)
+    kills, truncated = 0, []
+
+    def damage_newest():
+        """Truncate the newest checkpoint when an older one exists; returns (intact steps, truncated step)."""
+        steps = _checkpoint_steps(killed_dir)
+        if len(steps) < 2:
+            return steps, None
+        weights = os.path.join(killed_dir, "checkpoints", f"ckpt-{steps[-1]:09d}", "model.weights.h5")
+        with open(weights, "r+b") as f:
+            f.truncate(os.path.getsize(weights) // 3)
+        truncated.append(steps[-1])
+        return steps[:-1], steps[-1]
+
+    def check_reported(output, damaged):
+        if damaged is not None:
+            assert re.search(rf"checkpoint \S+ckpt-{damaged:09d} is damaged \(model.weights.h5 does not load.*kept "
+                             rf"aside as \S+damaged-ckpt-{damaged:09d}", output), output[-3000:]
+
     while kills < 3:
-        before = _checkpoint_steps(killed_dir)
+        before, damaged = damage_newest()
         last = before[-1] if before else 0
         if last >= TOTAL - 1:
             break
         target = rng.randint(last + 1, TOTAL - 1)
+        aside_before = len(_aside(killed_dir))
         proc = _launch(corpus, killed_dir)
         processes.append(proc)
         deadline = time.time() + 240
         while proc.poll() is None and time.time() < deadline:
-            steps = _checkpoint_steps(killed_dir)
-            if steps and steps[-1] >= target:
+            steps = _checkpoint_steps(killed_dir)  # the damaged one counts once the run has set it aside
+            if steps and steps[-1] >= target and (damaged is None or len(_aside(killed_dir)) > aside_before):
                 break
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.15))  # land anywhere: mid-step, mid-checkpoint-write
@@ -97,19 +121,24 @@ def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(corpus, t
         kills += 1
         match = re.search(r"Resuming from step (\d+)", output)
         resumes.append((last if before else None, int(match.group(1)) if match else None))
+        if match:
+            check_reported(output, damaged)
 
-    before = _checkpoint_steps(killed_dir)
+    before, damaged = damage_newest()
     final = _launch(corpus, killed_dir)
     processes.append(final)
     output = final.communicate(timeout=300)[0]
     assert final.returncode == 0, output[-3000:]
+    check_reported(output, damaged)
     match = re.search(r"Resuming from step (\d+)", output)
     resumes.append((before[-1] if before else None, int(match.group(1)) if match else None))
     ref_output = reference.communicate(timeout=300)[0]
     assert reference.returncode == 0, ref_output[-3000:]
     assert "Resuming" not in ref_output
 
-    assert kills == 3
+    assert kills == 3 and truncated, "no checkpoint was truncated"
+    aside = _aside(killed_dir)
+    assert len(aside) == len(truncated) and all(n.startswith("damaged-ckpt-") for n in aside)  # kept, not deleted
     for on_disk, resumed_at in resumes:
         assert resumed_at == on_disk, f"a re-run resumed at {resumed_at}, newest checkpoint was {on_disk}"
     assert sum(1 for on_disk, _ in resumes if on_disk) >= 2, f"kills landed before any checkpoint: {resumes}"

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_nfnet.training.checkpoint import STATE_FILE, WEIGHTS_FILE, CheckpointManager
+from keras_nfnet.training.checkpoint import STATE_FILE, WEIGHTS_FILE, CheckpointManager, DamagedCheckpointsError
 
 
 def _model(seed=0):
@@ -115,3 +115,50 @@ def test_resume_continues_the_random_stream(tmp_path):
     _train(resumed, 2)
     for a, b in zip(uninterrupted.weights, resumed.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _checkpoints(manager, steps):
+    model = _model()
+    saved = {}
+    for step in steps:
+        _train(model, 1)
+        manager.save(model, step, {})
+        saved[step] = [v.numpy() for v in model.weights]
+    return saved
+
+
+def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tmp_path):
+    manager = CheckpointManager(str(tmp_path), keep=3)
+    saved = _checkpoints(manager, (1, 2, 3))
+    weights = os.path.join(manager.path(3), WEIGHTS_FILE)
+    with open(weights, "r+b") as f:  # truncated, as a full disk or a killed copy leaves it
+        f.truncate(os.path.getsize(weights) // 2)
+    os.remove(os.path.join(manager.path(2), STATE_FILE))  # and the next one lost its state
+    lines = []
+    model = _model(seed=5)
+    step, _ = manager.restore(model, report=lines.append)
+    assert step == 1
+    for value, variable in zip(saved[1], model.weights):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    assert len(lines) == 2 and "ckpt-000000003 is damaged (model.weights.h5 does not load" in lines[0]
+    assert "ckpt-000000002 is damaged (state.json is missing)" in lines[1]
+    # kept aside, not deleted, and no longer seen as checkpoints
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000001", "damaged-ckpt-000000002", "damaged-ckpt-000000003"]
+    assert manager.all_steps() == [1]
+    assert os.path.getsize(os.path.join(tmp_path, "damaged-ckpt-000000003", WEIGHTS_FILE)) > 0
+
+
+def test_no_intact_checkpoint_is_an_error_that_moves_nothing(tmp_path):
+    manager = CheckpointManager(str(tmp_path), keep=2)
+    _checkpoints(manager, (1, 2))
+    for step in (1, 2):
+        with open(os.path.join(manager.path(step), STATE_FILE), "w") as f:
+            f.write("{not json")
+    with pytest.raises(DamagedCheckpointsError, match=r"no intact checkpoint in .*ckpt-000000002: state.json is "
+                                                      r"unreadable .*ckpt-000000001: state.json is unreadable"):
+        manager.restore(_model())
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000001", "ckpt-000000002"]
+    # a reader (a non-chief worker) falls back the same way but renames nothing
+    reader = CheckpointManager(str(tmp_path), keep=2, write=False)
+    with pytest.raises(DamagedCheckpointsError):
+        reader.restore(_model())

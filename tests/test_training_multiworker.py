@@ -1,12 +1,15 @@
 """MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 run the pretrain command with model.fit
 (through the workarounds of keras_nfnet.training.keras_workarounds) and end with identical weights, equal to a
-single-process run of the same global batch."""
+single-process run of the same global batch; a SIGTERM to one worker stops both at the same step, and the restart
+is exact."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -98,3 +101,59 @@ def test_two_workers_match_one_process(corpus, tmp_path, steps_per_execution):
     losses = [float(re.search(r"held-out loss ([\d.]+)", out).group(1)) for out in outputs]
     assert losses[0] == losses[1]
     assert abs(losses[0] - losses[2]) < 1e-4
+
+
+def _launch_pair(corpus, workdir, overrides):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    cmd = [sys.executable, os.path.join(ROOT, "trainers", "pretrain.py"), "--config",
+           f"{ROOT}/trainers/configs/cpu_tiny.py:corpus={corpus},{overrides}", "--workdir", workdir]
+    return [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(env, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                                 "task": {"type": "worker", "index": i}})))
+            for i in range(2)]
+
+
+def test_sigterm_on_one_worker_stops_every_worker_at_the_same_step_and_the_restart_is_exact(corpus, tmp_path):
+    """SIGTERM reaches only worker 1 (not the chief): both workers save the same step and exit with 143; the
+    restarted pair ends bitwise equal to an uninterrupted two-worker run."""
+    total = 64
+    overrides = (f"strategy=multiworker,global_batch_size=8,epochs={total * 8 / 64},checkpoint_every_steps=4,"
+                 f"eval_every_steps={total},log_every_steps=4,peak_flops_per_device=1e11,verbose=0")
+    reference = _launch_pair(corpus, str(tmp_path / "reference"), overrides)
+    workdir = str(tmp_path / "preempted")
+    pair = _launch_pair(corpus, workdir, overrides)
+    everyone = reference + pair
+    try:
+        checkpoints = os.path.join(workdir, "checkpoints")
+        deadline = time.time() + 400
+        while time.time() < deadline and all(p.poll() is None for p in pair) and not (
+                os.path.isdir(checkpoints) and any(n.startswith("ckpt-") for n in os.listdir(checkpoints))):
+            time.sleep(0.02)
+        pair[1].send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=300)[0] for p in pair]
+        assert [p.returncode for p in pair] == [143, 143], "\n----\n".join(o[-3000:] for o in outputs)
+        stopped = [int(re.search(rf"preempted at step (\d+)/{total}", o).group(1)) for o in outputs]
+        assert stopped[0] == stopped[1] and 4 <= stopped[0] < total, stopped
+        assert f"ckpt-{stopped[0]:09d}" in os.listdir(checkpoints)
+
+        restarted = _launch_pair(corpus, workdir, overrides)
+        everyone += restarted
+        outputs = [p.communicate(timeout=400)[0] for p in restarted]
+        assert [p.returncode for p in restarted] == [0, 0], "\n----\n".join(o[-3000:] for o in outputs)
+        assert all(f"Resuming from step {stopped[0]} " in o for o in outputs)
+        ref_outputs = [p.communicate(timeout=400)[0] for p in reference]
+        assert [p.returncode for p in reference] == [0, 0], "\n----\n".join(o[-3000:] for o in ref_outputs)
+    finally:
+        for proc in everyone:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    shas = [re.search(r"final weights sha256: (\w+)", o).group(1) for o in outputs + ref_outputs]
+    assert len(set(shas)) == 1, shas
+    final = f"checkpoints/ckpt-{total:09d}/model.weights.h5"
+    want, got = _weights(str(tmp_path / "reference" / final)), _weights(os.path.join(workdir, final))
+    assert sorted(want) == sorted(got) and len(want) > 10
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -4,15 +4,17 @@
 
 Re-running the same command resumes from the newest checkpoint in --workdir. SIGTERM saves a checkpoint and
 exits with status 143 (re-run to continue); a NaN/inf loss exits with status 3, leaving the last good
-checkpoint; a bad config exits with status 2 before any work starts.
+checkpoint; a user error (bad flag or config, damaged corpus, bad record, no intact checkpoint) exits with status 2
+and one `error:` line.
 """
 import logging
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from keras_nfnet import cli  # noqa: E402
 
 flags.DEFINE_string("config", None, "config file with overrides: path.py[:key=value,key=value]", required=True)
 flags.DEFINE_multi_string("set", [], "more overrides, key=value (may repeat)")
@@ -21,17 +23,12 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # cli.run refuses stray arguments
     logging.getLogger("keras_nfnet").setLevel(logging.INFO)
     from keras_nfnet.training import config as config_lib
 
-    try:
-        config = config_lib.load_config(FLAGS.config, FLAGS.set)
-        config_lib.validate(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = config_lib.load_config(FLAGS.config, FLAGS.set)
+    config_lib.validate(config)
     from keras_nfnet.training import callbacks as cb
     from keras_nfnet.training.pretrain import pretrain
 
@@ -40,11 +37,7 @@ def main(argv):
     try:
         result = pretrain(config, FLAGS.workdir)
     except cb.TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.report(error, 3)
     print(f"{result.status} at step {result.step}/{result.total_steps}: held-out loss {result.heldout_loss:.4f}, "
           f"{result.flops:.3g} training FLOPs, {result.device_hours:.3g} device-hours", flush=True)
     print(f"final weights sha256: {result.weights_sha256}", flush=True)
@@ -53,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

@@ -23,6 +23,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from keras_nfnet import cli  # noqa: E402
 from keras_nfnet.scaling import sweep as sweeplib  # noqa: E402
 
 flags.DEFINE_string("sweep", None, "sweep file, optionally with overrides: path.py[:key=value,...]")
@@ -40,16 +41,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # cli.run refuses stray arguments
     try:
         _main()
-    except (ValueError, FileNotFoundError) as error:  # bad sweep, config, table or run id: no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except RuntimeError as error:  # a run failed or was preempted; re-running resumes
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return cli.report(error, 1)
     return 0
 
 
@@ -115,4 +111,4 @@ def _analyze(spec):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

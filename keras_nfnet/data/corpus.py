@@ -5,6 +5,7 @@ A corpus is a directory:
     metadata.json                     schema version, classes, splits, shards, checksums, label frequencies
     <split>-<NNNNN>.tfrecord          shards of tf.train.Example records (plain TFRecord: any tool can read them)
     <split>-<NNNNN>.tfrecord.index    per-shard record-offset index (see records.py)
+    <split>-<NNNNN>.tfrecord.ids      per-shard id table: the image/id of each record (see records.py)
 
 Each Example holds `image/encoded` (JPEG/PNG bytes), `image/format`, `image/class/label` (one or more int64 class
 numbers) and `image/id` (an int64 that is unique within the corpus and stable across rewrites).
@@ -56,17 +57,66 @@ def encode_example(image_bytes, labels, example_id, image_format):
 
 
 def decode_example(serialized):
-    """Python-side parse of one record -> dict(image, format, labels, id): for tools and tests."""
+    """Python-side parse of one record -> dict(image, format, labels, id): for tools and tests. ValueError (with
+    the reason of `check_example`) for a record that is not a well-formed Example of this schema."""
     import tensorflow as tf
 
-    ex = tf.train.Example.FromString(serialized)
-    f = ex.features.feature
+    problem = check_example(serialized)
+    if problem is not None:
+        raise ValueError(problem[1])
+    f = tf.train.Example.FromString(serialized).features.feature
     return {
         "image": f[IMAGE_KEY].bytes_list.value[0],
-        "format": f[FORMAT_KEY].bytes_list.value[0].decode() if FORMAT_KEY in f else "",
+        "format": f[FORMAT_KEY].bytes_list.value[0].decode(errors="replace") if FORMAT_KEY in f else "",
         "labels": list(f[LABEL_KEY].int64_list.value),
         "id": f[ID_KEY].int64_list.value[0],
     }
+
+
+_JPEG_MAGIC, _PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+_JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
+
+
+def image_problem(data):
+    """Why encoded image bytes are not a complete JPEG or PNG (magic number and end marker), or None."""
+    if not data:
+        return "image/encoded is empty (0 bytes)"
+    if data.startswith(_JPEG_MAGIC):
+        return None if data.endswith(_JPEG_END) else "image/encoded is a truncated JPEG (no end marker)"
+    if data.startswith(_PNG_MAGIC):
+        return None if data.endswith(_PNG_END) else "image/encoded is a truncated PNG (no IEND chunk)"
+    return f"image/encoded is not a JPEG or PNG (it starts with {bytes(data[:8])!r})"
+
+
+def check_example(serialized, num_classes=None, expected_id=None):
+    """(reason code, text) of the first thing wrong with a serialized record, or None when the pipeline can use
+    it (the image's body is not decoded here). Codes are `records.REASONS`."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    try:
+        f = tf.train.Example.FromString(serialized).features.feature
+    except (DecodeError, ValueError, TypeError, RuntimeError) as err:
+        return "not_example", f"not a tf.train.Example ({str(err).splitlines()[0] if str(err) else 'parse failed'})"
+    kinds = {IMAGE_KEY: "bytes_list", LABEL_KEY: "int64_list", ID_KEY: "int64_list"}
+    for key, kind in kinds.items():
+        if key not in f:
+            return "missing_feature", f"feature {key} is missing"
+        if f[key].WhichOneof("kind") != kind:
+            return "missing_feature", f"feature {key} is a {f[key].WhichOneof('kind')}, not a {kind}"
+    if len(f[IMAGE_KEY].bytes_list.value) != 1 or len(f[ID_KEY].int64_list.value) != 1:
+        return "missing_feature", f"features {IMAGE_KEY} and {ID_KEY} must hold exactly one value each"
+    labels = list(f[LABEL_KEY].int64_list.value)
+    if not labels:
+        return "missing_feature", f"feature {LABEL_KEY} holds no label"
+    if num_classes is not None and any(not 0 <= v < num_classes for v in labels):
+        return "label_out_of_range", f"label(s) {','.join(map(str, labels))} outside [0, {num_classes})"
+    example_id = f[ID_KEY].int64_list.value[0]
+    if expected_id is not None and example_id != expected_id:
+        return "id_mismatch", (f"image/id {example_id} is not the id {expected_id} its id table lists: the shard, "
+                               "its index or its id table was swapped, copied or changed")
+    problem = image_problem(f[IMAGE_KEY].bytes_list.value[0])
+    return ("undecodable_image", problem) if problem else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,22 +154,51 @@ class CorpusInfo:
         return self.splits[name]
 
 
+_REQUIRED = {"num_classes": int, "class_names": list, "multi_label": bool, "image_format": str, "splits": dict}
+_SPLIT_KEYS = ("num_examples", "shards", "label_frequencies")
+_SHARD_KEYS = ("file", "num_examples", "sha256", "index_sha256")
+
+
 def load_metadata(corpus_dir):
-    """Read `metadata.json` of a corpus -> CorpusInfo (FileNotFoundError / ValueError with the reason)."""
+    """Read `metadata.json` of a corpus -> CorpusInfo (FileNotFoundError / ValueError naming the file and what is
+    wrong with it: not JSON, a missing key, a value of the wrong kind)."""
     path = os.path.join(corpus_dir, METADATA_FILE)
     if not os.path.isdir(corpus_dir):
         raise FileNotFoundError(f"corpus directory {corpus_dir} does not exist")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: {corpus_dir} is not a corpus (or it was not closed)")
-    with open(path) as f:
-        meta = json.load(f)
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); rewrite it or rebuild the corpus") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(meta).__name__}")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {version!r} is not supported (this reader knows {SCHEMA_VERSION})")
-    splits = {
-        name: SplitInfo(name, int(s["num_examples"]), tuple(s["shards"]), tuple(s["label_frequencies"]))
-        for name, s in meta["splits"].items()
-    }
+    for key, kind in _REQUIRED.items():
+        if key not in meta:
+            raise ValueError(f"{path} has no {key!r} entry: the metadata is incomplete")
+        if not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
+            raise ValueError(f"{path}: {key!r} must be a JSON {kind.__name__}, got {meta[key]!r:.80}")
+    splits = {}
+    for name, s in meta["splits"].items():
+        missing = [k for k in _SPLIT_KEYS if not isinstance(s, dict) or k not in s]
+        if missing:
+            raise ValueError(f"{path}: split {name!r} has no {missing[0]!r} entry: the metadata is incomplete")
+        for i, shard in enumerate(s["shards"]):
+            missing = [k for k in _SHARD_KEYS if not isinstance(shard, dict) or k not in shard]
+            if missing:
+                raise ValueError(f"{path}: shard {i} of split {name!r} has no {missing[0]!r} entry: the metadata "
+                                 "is incomplete")
+        try:
+            splits[name] = SplitInfo(name, int(s["num_examples"]), tuple(s["shards"]),
+                                     tuple(int(v) for v in s["label_frequencies"]))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: split {name!r} has a malformed entry ({err})") from None
+    if len(meta["class_names"]) != meta["num_classes"]:
+        raise ValueError(f"{path}: {len(meta['class_names'])} class_names for num_classes={meta['num_classes']}")
     return CorpusInfo(
         directory=corpus_dir,
         num_classes=int(meta["num_classes"]),
@@ -149,23 +228,29 @@ class _ShardWriter:
         self.hash = hashlib.sha256()
         self.offset = 0
         self.index = []
+        self.ids = []
 
-    def write(self, payload):
+    def write(self, payload, example_id):
         frame = records.frame_record(payload)
         self.file.write(frame)
         self.hash.update(frame)
         self.index.append((self.offset, len(payload)))
+        self.ids.append(int(example_id))
         self.offset += len(frame)
 
     def close(self):
         self.file.close()
         os.replace(self.tmp, self.path)
         index_file = records.write_index(self.path, np.asarray(self.index, dtype=np.int64).reshape(-1, 2))
+        ids_file = records.write_ids(self.path, self.ids)
         return {
             "file": os.path.basename(self.path),
             "num_examples": len(self.index),
             "sha256": self.hash.hexdigest(),
             "index_sha256": sha256_file(index_file),
+            "ids_sha256": sha256_file(ids_file),
+            "first_id": self.ids[0],
+            "last_id": self.ids[-1],
         }
 
 
@@ -246,7 +331,7 @@ class CorpusWriter:
         if shard is None:
             number = len(self._shards.setdefault(split, []))
             shard = self._open[split] = _ShardWriter(os.path.join(self._staging, f"{split}-{number:05d}.tfrecord"))
-        shard.write(encode_example(image_bytes, sorted(set(labels)), example_id, image_format))
+        shard.write(encode_example(image_bytes, sorted(set(labels)), example_id, image_format), example_id)
         self._formats.add(image_format)
         self._counts[split] = self._counts.get(split, 0) + 1
         freq = self._freq.setdefault(split, np.zeros(self.num_classes, np.int64))
@@ -274,7 +359,8 @@ class CorpusWriter:
             "class_names": self.class_names,
             "multi_label": self.multi_label,
             "image_format": self._formats.pop() if len(self._formats) == 1 else MIXED_FORMATS,
-            "record_format": "tfrecord of tf.train.Example; index: <u8 pairs (offset, payload_length)",
+            "record_format": "tfrecord of tf.train.Example; index: <u8 pairs (offset, payload_length); "
+                             "ids: <i8 image/id per record",
             "features": {"image": IMAGE_KEY, "format": FORMAT_KEY, "labels": LABEL_KEY, "id": ID_KEY},
             "splits": {
                 split: {

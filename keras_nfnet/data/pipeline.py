@@ -9,6 +9,7 @@ Elements are `(images, labels)`: images float32 [b, size, size, 3] normalised pe
 [b, num_classes] (one-hot for single-label corpora, multi-hot for multi-label ones; MixUp/CutMix make them soft).
 b is the per-replica batch size under a distribution strategy, else the global batch size.
 """
+import collections
 import contextlib
 import logging
 import re
@@ -21,12 +22,13 @@ from keras_nfnet.data import augment as augment_lib
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import preprocess
 from keras_nfnet.data import records
+from keras_nfnet.data import verify
 from keras_nfnet.data.sampler import StepSampler, check_batching
 
 log = logging.getLogger(__name__)
 BAD_RECORD_POLICIES = ("raise", "skip")
-_JPEG_MAGIC, _PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
-_JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
+_JPEG_MAGIC, _PNG_MAGIC, _JPEG_END, _PNG_END = (corpus_lib._JPEG_MAGIC, corpus_lib._PNG_MAGIC, corpus_lib._JPEG_END,
+                                                 corpus_lib._PNG_END)
 # The step reader is Python (holds the GIL): one background thread reads ahead; a second one only contends for the
 # GIL (measured 132k vs 109k records/s read-only, benchmarks/bench_input_pipeline.py on 2 cores).
 _READER_THREADS = 1
@@ -35,24 +37,57 @@ _DECODER_REJECTED = b"decoder"  # the problem text of rows whose image TensorFlo
 
 
 class BadRecordReport:
-    """Counts and lists the records skipped under `on_bad_record="skip"` (thread-safe); also logged as warnings."""
+    """Counts and lists the records skipped under `on_bad_record="skip"` (thread-safe); also logged as warnings.
+
+    `skipped` lists every skip event ("split train shard X record Y: reason"; a record is reported each time the
+    stream reaches it, prefetched batches included); `by_record` maps each distinct bad record's message to its
+    reason code (records.REASONS), and `counts()` gives distinct bad records per reason."""
+
+    MAX_RECORDS = 10_000  # distinct records kept by name (a corpus could be mostly damaged); counts go on
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.skipped = []  # "shard X record Y: reason"
+        self.skipped = []
+        self.by_record = {}
+        self._extra = collections.Counter()  # distinct records beyond MAX_RECORDS, per reason
 
     @property
     def count(self):
         return len(self.skipped)
 
     def add(self, entries):
+        """entries: [(reason code, message)]."""
         with self._lock:
-            self.skipped.extend(entries)
-        for entry in entries:
-            log.warning("skipped bad record: %s", entry)
+            for code, message in entries:
+                self.skipped.append(message)
+                if message not in self.by_record:
+                    if len(self.by_record) < self.MAX_RECORDS:
+                        self.by_record[message] = code
+                    else:
+                        self._extra[code] += 1
+        for code, message in entries:
+            log.warning("skipped bad record (%s): %s", code, message)
+
+    def counts(self):
+        """{reason code: distinct bad records}."""
+        with self._lock:
+            return dict(collections.Counter(self.by_record.values()) + self._extra)
+
+    def state(self):
+        """JSON-able state (kept in checkpoints, so a resumed run reports the whole run's skips)."""
+        with self._lock:
+            return {"records": dict(self.by_record), "extra": dict(self._extra)}
+
+    def load_state(self, state):
+        with self._lock:
+            self.by_record.update(state.get("records", {}))
+            self._extra.update(state.get("extra", {}))
 
     def summary(self):
-        return f"{self.count} bad records skipped" + (": " + "; ".join(self.skipped[:5]) if self.skipped else "")
+        counts = self.counts()
+        return (f"{sum(counts.values())} bad records skipped"
+                + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}): "
+                   + "; ".join(list(self.by_record)[:5]) if counts else ""))
 
 
 def _host_setup(global_batch_size, input_context):
@@ -64,26 +99,21 @@ def _host_setup(global_batch_size, input_context):
 
 
 def _open_split(corpus_dir, split):
+    """(CorpusInfo, RecordReader) after the every-open checks (verify.open_split): counts, index contiguity, id
+    tables against the metadata; CorruptRecordError / FileNotFoundError naming the split and shard."""
     info = corpus_lib.load_metadata(corpus_dir)
-    split_info = info.split(split)
-    paths = split_info.shard_paths(corpus_dir)
-    indexes = []
-    for path in paths:
-        index = records.read_index(path)
-        records.check_index_against_file(path, index)  # truncated shard / stale index: fail before any work
-        indexes.append(index)
-    reader = records.RecordReader(paths, indexes)
-    if reader.num_records != split_info.num_examples:
-        raise records.CorruptRecordError(
-            f"split {split!r}: indexes list {reader.num_records} records, metadata says {split_info.num_examples}")
-    return info, reader
+    return info, verify.open_split(info, split)
+
+
+BAD_RECORD = "bad record: "  # how every bad-record error message starts (found again inside TensorFlow's errors)
 
 
 def _make_step_reader(sampler, reader, on_bad_record, pad_beyond=None):
-    """numpy function: step -> this host's rows (payloads, positions, copies, rows, shards, locals, problems, ok).
+    """numpy function: step -> this host's rows (payloads, positions, copies, rows, shards, locals, problems, ok,
+    expected ids).
 
     Rows carry their (shard, record) numbers as integers; error messages are formatted only when a record is bad,
-    so a good batch costs no string work.
+    so a good batch costs no string work. A bad row's problem is "code|message".
     """
 
     def read_step(step):
@@ -94,21 +124,25 @@ def _make_step_reader(sampler, reader, on_bad_record, pad_beyond=None):
             ok = positions < pad_beyond
             recs = np.where(ok, recs, 0)
         real = np.flatnonzero(ok)  # padding rows read nothing
-        got, got_errors = reader.read_many(recs[real], raise_errors=on_bad_record == "raise")
+        got, got_errors = reader.read_many(recs[real], raise_errors=False)
+        if got_errors and on_bad_record == "raise":
+            raise records.CorruptRecordError(BAD_RECORD + got_errors[min(got_errors)][1])
         payloads = np.full(len(rows), b"", dtype=object)
         payloads[real] = got
         problems = np.full(len(rows), b"", dtype=object)
-        for j, message in got_errors.items():
+        for j, (code, message) in got_errors.items():
             i = int(real[j])
-            problems[i], ok[i], payloads[i] = message.encode(), False, b""
+            problems[i], ok[i], payloads[i] = f"{code}|{message}".encode(), False, b""
         if pad_beyond is not None:
             problems[positions >= pad_beyond] = _PADDING
         shards, locals_ = reader.locate_many(recs)
-        return payloads, positions, copies, rows, shards, locals_, problems, ok
+        ids = reader.expected_ids(recs) if reader.has_ids else np.zeros(len(rows), np.int64)
+        return payloads, positions, copies, rows, shards, locals_, problems, ok, ids
 
     def fn(step):
         out = tf.numpy_function(
-            read_step, [step], [tf.string, tf.int64, tf.int64, tf.int64, tf.int32, tf.int64, tf.string, tf.bool],
+            read_step, [step],
+            [tf.string, tf.int64, tf.int64, tf.int64, tf.int32, tf.int64, tf.string, tf.bool, tf.int64],
             stateful=False)
         for t in out:
             t.set_shape([sampler.local_batch_size])
@@ -126,38 +160,55 @@ def _image_ok(data):
     return jpeg | png
 
 
-def _parse_checked(payload, where, num_classes, on_bad_record):
-    """Parse one record -> (image bytes, label ids, id, ok); invalid labels or images raise or mark not-ok.
+def _parse_checked(payload, where, num_classes, on_bad_record, expected_id=None):
+    """Parse one record -> (image bytes, label ids, id, ok); invalid labels or images, or an id other than
+    `expected_id` (the id table's; None = no id tables), raise or mark not-ok.
 
-    `where()` builds the "shard X record Y" string tensor; it is only called on the failing branch.
+    `where()` builds the "split S shard X record Y" string tensor; it is only called on the failing branch.
+    A payload that does not parse fails inside TensorFlow without naming the record; `naming_bad_records` (raise)
+    and the report stage (skip) name it.
     """
     ex = tf.io.parse_single_example(payload, corpus_lib.feature_spec())
     labels = ex[corpus_lib.LABEL_KEY].values
     label_ok = (tf.size(labels) > 0) & tf.reduce_all((labels >= 0) & (labels < num_classes))
     image_ok = _image_ok(ex[corpus_lib.IMAGE_KEY])
+    id_ok = tf.constant(True) if expected_id is None else tf.equal(ex[corpus_lib.ID_KEY], expected_id)
     if on_bad_record == "raise":
-        # The messages are only built on the failing branch, so a good record costs two boolean checks.
+        # The messages are only built on the failing branch, so a good record costs three boolean checks.
         def fail():
-            message = tf.strings.join(["bad record: ", where(), ": ", tf.where(
-                label_ok, "image/encoded is not a complete JPEG or PNG",
-                tf.strings.join([f"label(s) outside [0, {num_classes}) or missing: ",
-                                 tf.strings.reduce_join(tf.strings.as_string(labels), separator=",")]))])
+            label_text = tf.strings.join([
+                tf.where(tf.size(labels) > 0, "label(s) ", f"feature {corpus_lib.LABEL_KEY} holds no label"),
+                tf.strings.reduce_join(tf.strings.as_string(labels), separator=","),
+                tf.where(tf.size(labels) > 0, f" outside [0, {num_classes})", "")])
+            id_text = tf.strings.join([
+                "image/id ", tf.strings.as_string(ex[corpus_lib.ID_KEY]), " is not the id ",
+                tf.strings.as_string(expected_id if expected_id is not None else tf.constant(0, tf.int64)),
+                " its id table lists: the shard, its index or its id table was swapped, copied or changed"])
+            image = ex[corpus_lib.IMAGE_KEY]
+            image_text = tf.where(tf.strings.length(image) == 0, "image/encoded is empty (0 bytes)", tf.where(
+                tf.equal(tf.strings.substr(image, 0, 3), _JPEG_MAGIC) | tf.equal(tf.strings.substr(image, 0, 8),
+                                                                                 _PNG_MAGIC),
+                "image/encoded is a truncated JPEG or PNG (no end marker)", "image/encoded is not a JPEG or PNG"))
+            reason = tf.where(id_ok, tf.where(label_ok, image_text, label_text), id_text)
+            message = tf.strings.join([BAD_RECORD, where(), ": ", reason])
             with tf.control_dependencies([tf.debugging.Assert(False, [message], summarize=1)]):
                 return tf.constant(False)
 
-        checked = tf.cond(label_ok & image_ok, lambda: tf.constant(True), fail)
+        checked = tf.cond(label_ok & image_ok & id_ok, lambda: tf.constant(True), fail)
         with tf.control_dependencies([checked]):  # nothing is decoded before the check has passed
             return tf.identity(ex[corpus_lib.IMAGE_KEY]), tf.identity(labels), ex[corpus_lib.ID_KEY], checked
-    return ex[corpus_lib.IMAGE_KEY], labels, ex[corpus_lib.ID_KEY], label_ok & image_ok
+    return ex[corpus_lib.IMAGE_KEY], labels, ex[corpus_lib.ID_KEY], label_ok & image_ok & id_ok
 
 
 class _Builder:
     """Shared per-example and per-batch stages of the train and eval pipelines."""
 
-    def __init__(self, info, shard_names, image_size, seed, on_bad_record, train, crop=True, flip=True, mix=False,
+    def __init__(self, info, reader, image_size, seed, on_bad_record, train, crop=True, flip=True, mix=False,
                  crop_fraction=None):
         self.num_classes = info.num_classes
-        self.shard_names = list(shard_names)
+        self.shard_names = list(reader.names)
+        self.split = reader.split
+        self.check_ids = reader.has_ids
         self.image_size = image_size
         self.seed = tf.constant([seed & 0x7FFFFFFFFFFFFFFF, 0x6E666E6574], tf.int64)  # (seed, "nfnet")
         self.on_bad_record = on_bad_record
@@ -171,15 +222,17 @@ class _Builder:
         key = tf.random.experimental.stateless_fold_in(self.seed, position)
         return tf.random.experimental.stateless_fold_in(key, copy)
 
-    def per_example(self, payload, position, copy, row, shard, local, problem, ok):
+    def per_example(self, payload, position, copy, row, shard, local, problem, ok, expected_id):
         size, c = self.image_size, self.num_classes
 
         def where():
             names = tf.constant(self.shard_names)
-            return tf.strings.join(["shard ", tf.gather(names, shard), " record ", tf.strings.as_string(local)])
+            return tf.strings.join([f"split {self.split} shard ", tf.gather(names, shard), " record ",
+                                    tf.strings.as_string(local)])
 
         def good():
-            data, labels, ex_id, valid = _parse_checked(payload, where, c, self.on_bad_record)
+            data, labels, ex_id, valid = _parse_checked(payload, where, c, self.on_bad_record,
+                                                        expected_id if self.check_ids else None)
             return data, labels, ex_id, valid
 
         def bad():
@@ -211,17 +264,30 @@ class _Builder:
         return out
 
 
-def _report_stage(report, shard_names):
+def diagnose_record(reader, record, num_classes):
+    """(reason code, message naming the record) for global record `record`, or None when it passes every check
+    made in Python (framing, CRC, Example, features, labels, id, image markers); the image's body is not decoded."""
+    payloads, errors = reader.read_many(np.array([record]), raise_errors=False)
+    if errors:
+        return errors[0]
+    ids = reader.expected_ids(np.array([record]))
+    problem = corpus_lib.check_example(payloads[0], num_classes, None if ids is None else int(ids[0]))
+    return None if problem is None else (problem[0], f"{reader.where(record)}: {problem[1]}")
+
+
+def _report_stage(report, reader, num_classes):
     def note(valid, shards, locals_, problems):
         bad = []
         for i in np.flatnonzero(~valid):
             if problems[i] == _PADDING:
                 continue
-            where = f"shard {shard_names[shards[i]]} record {locals_[i]}"
-            if problems[i] == _DECODER_REJECTED:
-                bad.append(f"{where}: image rejected by TensorFlow's decoder")
-            else:
-                bad.append(problems[i].decode() if problems[i] else f"{where}: bad label or undecodable image")
+            if problems[i] and problems[i] != _DECODER_REJECTED:  # the reader's own finding
+                bad.append(tuple(problems[i].decode().split("|", 1)))
+                continue
+            # A graph check failed or the map failed inside TensorFlow: find out why, in Python (bad rows only).
+            record = int(reader.starts[shards[i]] + locals_[i])
+            bad.append(diagnose_record(reader, record, num_classes) or (
+                "undecodable_image", f"{reader.where(record)}: TensorFlow's decoder rejects the image"))
         if bad:
             report.add(bad)
         return np.int64(len(bad))
@@ -236,7 +302,7 @@ def _report_stage(report, shard_names):
     return fn
 
 
-_STEP_KEYS = ("payload", "position", "copy", "row", "shard", "local", "problem", "ok")  # the step reader's columns
+_STEP_KEYS = ("payload", "position", "copy", "row", "shard", "local", "problem", "ok", "expected_id")  # reader columns
 
 
 def _examples_to_batches(reads, per_example, batch, on_bad_record, num_parallel_calls):
@@ -316,7 +382,7 @@ def train_dataset(corpus_dir, split, global_batch_size, image_size, seed, start_
                          f"{batch} must be a multiple of it")
     info, reader = _open_split(corpus_dir, split)
     sampler = StepSampler(reader.num_records, global_batch_size, seed, repeats=repeats, num_hosts=hosts, host=host)
-    builder = _Builder(info, reader.names, image_size, seed, on_bad_record, train=True, crop=crop, flip=flip,
+    builder = _Builder(info, reader, image_size, seed, on_bad_record, train=True, crop=crop, flip=flip,
                        mix=mixup_cutmix)
     if on_bad_record == "skip" and bad_record_report is None:
         bad_record_report = BadRecordReport()
@@ -341,7 +407,7 @@ def train_dataset(corpus_dir, split, global_batch_size, image_size, seed, start_
         per_example = lambda *cols: rand_augment(builder.per_example(*cols))  # noqa: E731
     ds = _examples_to_batches(ds, per_example, batch, on_bad_record, num_parallel_calls)
     if on_bad_record == "skip":
-        ds = ds.map(_report_stage(bad_record_report, reader.names))
+        ds = ds.map(_report_stage(bad_record_report, reader, info.num_classes))
     if mixup_cutmix:
         ds = ds.map(mix, num_parallel_calls=num_parallel_calls, deterministic=True)
         if randaugment_layers:  # RandAugment follows mixing (NFNET_SPEC section 4): back to examples for it
@@ -383,7 +449,7 @@ def eval_dataset(corpus_dir, split, global_batch_size, image_size, input_context
     hosts, host, batch = _host_setup(global_batch_size, input_context)
     info, reader = _open_split(corpus_dir, split)
     sampler = StepSampler(reader.num_records, global_batch_size, 0, shuffle=False, num_hosts=hosts, host=host)
-    builder = _Builder(info, reader.names, image_size, 0, on_bad_record, train=False, crop_fraction=crop_fraction)
+    builder = _Builder(info, reader, image_size, 0, on_bad_record, train=False, crop_fraction=crop_fraction)
     if on_bad_record == "skip" and bad_record_report is None:
         bad_record_report = BadRecordReport()
     steps = -(-reader.num_records // global_batch_size)
@@ -392,7 +458,7 @@ def eval_dataset(corpus_dir, split, global_batch_size, image_size, input_context
                 num_parallel_calls=_READER_THREADS, deterministic=True)
     ds = _examples_to_batches(ds, builder.per_example, batch, on_bad_record, num_parallel_calls)
     if on_bad_record == "skip":
-        ds = ds.map(_report_stage(bad_record_report, reader.names))
+        ds = ds.map(_report_stage(bad_record_report, reader, info.num_classes))
     ds = ds.map(lambda b: _finish(b, on_bad_record, with_info, eval_mode=True))
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -413,11 +479,11 @@ def record_batches(corpus_dir, split, global_batch_size, seed, start_step=0, inp
     return ds.map(lambda data, position, *_: {"serialized": data, "position": position})
 
 
-class UndecodableImageError(records.CorruptRecordError):
-    """Images that pass the cheap JPEG/PNG marker check but that TensorFlow's decoder rejects; names each record."""
-
-
-_DECODE_OP = re.compile(r"Decode(Image|Jpeg|Png|Gif|Bmp)\b|decode_image")  # how TF's errors name a decode op
+# What TensorFlow's anonymous errors say when a record fails to parse or its image fails to decode in a map.
+_INPUT_OP = re.compile(r"Decode(Image|Jpeg|Png|Gif|Bmp)\b|decode_image|ParseExample|ParseSingleExample|"
+                       r"parse_single_example|Could not parse example|Feature: \S+ \(data type: \w+\) is required|"
+                       r"Key: image/|Data types don't match")
+_MARKED = re.compile(re.escape(BAD_RECORD) + r"([^\]\n]*)")
 # A failing map in the training stream is at most this many steps ahead of the model (the prefetch buffers).
 LOOKAHEAD_STEPS = 32
 
@@ -432,50 +498,58 @@ def train_step_records(corpus_dir, split, global_batch_size, seed, first_step, r
     return np.unique(np.concatenate(recs)) if recs else np.zeros([0], np.int64)
 
 
-def find_undecodable_images(corpus_dir, split, recs=None):
-    """["shard X record Y: <decoder error>", ...] for the records of `split` (all, or global numbers `recs`)
-    whose image TensorFlow cannot decode. Records that are corrupt in other ways are reported the same way."""
-    _, reader = _open_split(corpus_dir, split)
+def find_bad_records(corpus_dir, split, recs=None):
+    """[(reason code, "split S shard X record Y: reason"), ...] for the records of `split` (all, or global
+    numbers `recs`) that the pipeline would reject: everything `diagnose_record` checks, then the image decoded
+    with TensorFlow's decoder."""
+    info, reader = _open_split(corpus_dir, split)
     recs = np.arange(reader.num_records) if recs is None else np.asarray(recs, np.int64)
     found = []
-    for start in range(0, len(recs), 256):
-        chunk = recs[start:start + 256]
-        payloads, errors = reader.read_many(chunk, raise_errors=False)
-        found.extend(errors.values())
-        for i, payload in enumerate(payloads):
-            if i in errors:
-                continue
+    for record in recs.tolist():
+        problem = diagnose_record(reader, record, info.num_classes)
+        if problem is None:
+            image = corpus_lib.decode_example(reader.read(record))["image"]
             try:
-                preprocess.decode_image(tf.constant(corpus_lib.decode_example(payload)["image"]))
-            except Exception as err:  # noqa: BLE001 - any parse or decode failure, reported with its record
-                found.append(f"{reader.where(int(chunk[i]))}: {str(getattr(err, 'message', err)).splitlines()[0]}")
+                preprocess.decode_image(tf.constant(image))
+            except Exception as err:  # noqa: BLE001 - any decoder failure, reported with its record
+                text = str(getattr(err, "message", err)).splitlines()[0]
+                text = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", text)  # TensorFlow's node and op names
+                problem = ("undecodable_image", f"{reader.where(record)}: TensorFlow's decoder rejects the image "
+                                                f"({text})")
+        if problem is not None:
+            found.append(problem)
     reader.close()
     return found
 
 
 @contextlib.contextmanager
-def naming_undecodable_images(corpus_dir, candidates):
-    """Turn TensorFlow's anonymous image-decoding error inside the block into one naming the shard and record.
+def naming_bad_records(corpus_dir, candidates):
+    """Turn a bad record's error inside the block into one CorruptRecordError whose one-line message names the
+    split, shard, record and reason ("bad record: split train shard X record Y: payload checksum mismatch ...").
 
-    An image whose bytes pass the pipeline's cheap marker check can still be rejected by the decoder, inside a
-    tf.data map where the record is unknown. On an InvalidArgumentError, `candidates()` gives [(split, record
-    numbers or None for the whole split), ...] that may hold the culprit (for training, the records of the steps
-    around the current one: `train_step_records`); those images are decoded one by one and the error is raised
-    again as UndecodableImageError listing the ones that fail. Other errors, and those the pipeline already names,
+    Errors the pipeline raised itself carry that text inside TensorFlow's error and are shortened to it. A record
+    that fails inside a TensorFlow op (not an Example, a required feature missing, an image the decoder rejects)
+    fails anonymously: on such an error `candidates()` gives [(split, record numbers or None for the whole split),
+    ...] that may hold the culprit (for training, the records of the steps around the current one:
+    `train_step_records`); they are checked one by one in Python and the first bad one is named. Other errors
     pass through.
     """
     try:
         yield
-    except tf.errors.InvalidArgumentError as err:
-        if "bad record: " in err.message or not _DECODE_OP.search(err.message):  # named already, or not decoding
+    except (tf.errors.OpError, UnicodeDecodeError) as err:
+        # A record that is not an Example puts its raw bytes into the parse op's message, and TensorFlow then fails
+        # to decode that message: the UnicodeDecodeError stands for an anonymous input-op error.
+        message = getattr(err, "message", "") or ""
+        marked = _MARKED.search(message)
+        if marked:
+            raise records.CorruptRecordError(BAD_RECORD + marked.group(1).strip()) from err
+        if isinstance(err, tf.errors.OpError) and not _INPUT_OP.search(message):
             raise
-        print("an input-pipeline op failed; looking for an undecodable image among the records it read ...",
-              flush=True)
+        print("an input-pipeline op failed; looking for the bad record among the records it read ...", flush=True)
         for split, recs in candidates():
-            bad = find_undecodable_images(corpus_dir, split, recs)
+            bad = find_bad_records(corpus_dir, split, recs)
             if bad:
-                raise UndecodableImageError(
-                    f"split {split!r} of {corpus_dir}: {len(bad)} record(s) cannot be decoded: " + "; ".join(bad[:5])
-                    + f". Re-encode or drop them (python -m keras_nfnet.data.inspect_corpus --deep {corpus_dir} "
-                    "lists every bad record).") from err
+                more = (f" ({len(bad) - 1} more bad record(s) nearby; python -m keras_nfnet.data.inspect_corpus "
+                        f"--deep {corpus_dir} lists them all)" if len(bad) > 1 else "")
+                raise records.CorruptRecordError(BAD_RECORD + bad[0][1] + more) from err
         raise

@@ -6,6 +6,10 @@ index file stores those pairs so a reader can fetch record i of a shard with one
 pipeline never has to read (or skip through) records it does not need.
 
 Index file layout (`<shard>.index`): little-endian uint64 pairs `(offset, payload_length)`, one per record.
+Id table (`<shard>.ids`, written since the id check was added; optional for older corpora): little-endian int64,
+the `image/id` of each record in order. Reading record i checks that its Example carries ids[i], and opening a
+shard checks the table's first and last id against the metadata, so a shard (with its index and id table) copied
+over another, two shards swapped, or a duplicated index entry is an error instead of a silent change of the epoch.
 """
 import os
 import struct
@@ -17,11 +21,18 @@ HEADER_BYTES = 12  # u64 length + u32 crc of the length
 FOOTER_BYTES = 4  # u32 crc of the payload
 FRAME_BYTES = HEADER_BYTES + FOOTER_BYTES
 INDEX_SUFFIX = ".index"
+IDS_SUFFIX = ".ids"
 _MASK_DELTA = 0xA282EAD8
 
 
 class CorruptRecordError(ValueError):
-    """A record whose framing, checksum or contents is invalid; the message names the shard and record."""
+    """A record whose framing, checksum or contents is invalid, or a shard that does not match its index, id table
+    or metadata; the message names the split, shard and record."""
+
+
+# Why a record is bad: a short code (the key of the per-reason counts in logs, TensorBoard and result files).
+REASONS = ("truncated", "index_mismatch", "crc", "not_example", "missing_feature", "label_out_of_range",
+           "undecodable_image", "id_mismatch")
 
 
 def masked_crc32c(data):
@@ -40,33 +51,45 @@ def index_path(shard_path):
     return shard_path + INDEX_SUFFIX
 
 
-def scan_shard(shard_path, check_crc=True):
+def ids_path(shard_path):
+    return shard_path + IDS_SUFFIX
+
+
+def place(split, shard_name, record=None):
+    """How messages name a place: "split train shard train-00001.tfrecord record 3" (no quotes: TensorFlow escapes
+    them in the messages of its assertions)."""
+    text = (f"split {split} " if split else "") + f"shard {shard_name}"
+    return text if record is None else f"{text} record {record}"
+
+
+def scan_shard(shard_path, check_crc=True, split=None):
     """Walk a shard's framing and return its index as an int64 array [n, 2] of (offset, payload_length).
 
     Raises CorruptRecordError naming the shard and record for a truncated file or a bad checksum.
     """
     pairs = []
     size = os.path.getsize(shard_path)
-    name = os.path.basename(shard_path)
+    name = place(split, os.path.basename(shard_path))
     with open(shard_path, "rb") as f:
         offset = 0
         while offset < size:
             record = len(pairs)
             header = f.read(HEADER_BYTES)
             if len(header) < HEADER_BYTES:
-                raise CorruptRecordError(f"shard {name} record {record}: truncated header at byte {offset}")
+                raise CorruptRecordError(f"{name} record {record}: truncated header at byte {offset}")
             (length,) = struct.unpack("<Q", header[:8])
             if check_crc and struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
-                raise CorruptRecordError(f"shard {name} record {record}: length checksum mismatch at byte {offset}")
+                raise CorruptRecordError(f"{name} record {record}: length checksum mismatch at byte {offset}")
             if offset + FRAME_BYTES + length > size:
                 raise CorruptRecordError(
-                    f"shard {name} record {record}: truncated (needs {FRAME_BYTES + length} bytes at byte {offset}, "
+                    f"{name} record {record}: truncated (needs {FRAME_BYTES + length} bytes at byte {offset}, "
                     f"file has {size})")
             if check_crc:
                 payload = f.read(length)
                 (crc,) = struct.unpack("<I", f.read(FOOTER_BYTES))
                 if crc != masked_crc32c(payload):
-                    raise CorruptRecordError(f"shard {name} record {record}: payload checksum mismatch")
+                    raise CorruptRecordError(f"{name} record {record}: payload checksum mismatch (CRC-32C: the "
+                                             "record's bytes changed)")
             else:
                 f.seek(length + FOOTER_BYTES, os.SEEK_CUR)
             pairs.append((offset, length))
@@ -81,6 +104,28 @@ def write_index(shard_path, index):
     np.asarray(index, dtype="<u8").reshape(-1, 2).tofile(tmp)
     os.replace(tmp, path)
     return path
+
+
+def write_ids(shard_path, ids):
+    """Write the shard's id table (int64 per record) beside it, atomically."""
+    path = ids_path(shard_path)
+    np.asarray(ids, dtype="<i8").reshape(-1).tofile(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_ids(shard_path):
+    """The shard's id table as int64 [n] (memory-mapped), or None when the corpus predates id tables."""
+    path = ids_path(shard_path)
+    if not os.path.exists(path):
+        return None
+    size = os.path.getsize(path)
+    if size % 8:
+        raise CorruptRecordError(f"id table {os.path.basename(path)} is not a whole number of int64 ids "
+                                 f"({size} bytes)")
+    if size == 0:
+        return np.zeros([0], np.int64)
+    return np.memmap(path, dtype="<i8", mode="c", shape=(size // 8,))
 
 
 def read_index(shard_path):
@@ -100,32 +145,54 @@ def read_index(shard_path):
     return np.memmap(path, dtype="<i8", mode="c", shape=(size // 16, 2))
 
 
-def check_index_against_file(shard_path, index):
-    """Cheap consistency check (no reading): the last record must end exactly at the end of the shard."""
+_CHECK_CHUNK = 1 << 20  # index entries checked per numpy pass (16 MB), so a huge shard needs no huge array
+
+
+def check_index_against_file(shard_path, index, split=None):
+    """Cheap consistency check of an index with its shard, reading only the index (no record): offsets start at 0,
+    each record starts where the previous one's frame ends (strictly increasing, contiguous with the TFRecord
+    framing: a duplicated, reordered, dropped or stale entry breaks this), and the last one ends exactly at the end
+    of the file (a truncated or extended shard). About 10 ms per million records."""
     size = os.path.getsize(shard_path)
-    name = os.path.basename(shard_path)
-    expected = int(index[-1, 0] + index[-1, 1] + FRAME_BYTES) if len(index) else 0
-    if expected > size:
-        raise CorruptRecordError(
-            f"shard {name} is truncated: its index needs {expected} bytes, the file has {size}")
-    if expected != size:
-        raise CorruptRecordError(
-            f"shard {name} does not match its index: the index covers {expected} bytes, the file has {size}")
+    where = place(split, os.path.basename(shard_path))
+    end = 0  # where the next record must start
+    for start in range(0, len(index), _CHECK_CHUNK):
+        rows = np.asarray(index[start:start + _CHECK_CHUNK])
+        offsets, lengths = rows[:, 0], rows[:, 1]
+        starts = np.concatenate([[end], offsets[:-1] + lengths[:-1] + FRAME_BYTES])
+        bad = np.flatnonzero((offsets != starts) | (lengths < 0))
+        if bad.size:
+            i = int(bad[0])
+            raise CorruptRecordError(
+                f"{where}: index entry {start + i} (offset {int(offsets[i])}, length {int(lengths[i])}) does not "
+                f"follow the previous record, which ends at byte {int(starts[i])}: the index is not the shard's "
+                f"framing (a duplicated, reordered or stale entry)")
+        end = int(offsets[-1] + lengths[-1] + FRAME_BYTES)
+    if end > size:
+        raise CorruptRecordError(f"{where} is truncated: its index needs {end} bytes, the file has {size}")
+    if end != size:
+        raise CorruptRecordError(f"{where} does not match its index: the index covers {end} bytes, the file has "
+                                 f"{size}")
 
 
 class RecordReader:
     """Random access to the records of an ordered list of shards by global record number.
 
     Record numbers run over the shards in order (shard 0's records first). Each read checks the framing against
-    the index and both CRCs, so a corrupt or truncated record, or a stale index, is reported with its shard and
-    record number instead of being parsed as garbage. File descriptors are opened lazily per process.
+    the index and the payload CRC, so a corrupt or truncated record, or a stale index, is reported with its split,
+    shard and record number instead of being parsed as garbage. `ids` (per-shard id tables, or None where a shard
+    has none) gives the id each record must carry (`expected_ids`; the pipeline compares it with the parsed one).
+    File descriptors are opened lazily per process.
     """
 
-    def __init__(self, shard_paths, indexes=None, check_crc=True, max_open_files=256):
+    def __init__(self, shard_paths, indexes=None, check_crc=True, max_open_files=256, ids=None, split=None):
         self.shard_paths = list(shard_paths)
         self.names = [os.path.basename(p) for p in self.shard_paths]
+        self.split = split
         # Per-shard [n, 2] (offset, payload_length) arrays; memory-mapped when read from disk.
         self.indexes = [read_index(p) if indexes is None else indexes[i] for i, p in enumerate(self.shard_paths)]
+        self.ids = list(ids) if ids is not None else [None] * len(self.shard_paths)
+        self.has_ids = all(table is not None for table in self.ids) and bool(self.ids)
         counts = np.array([len(ix) for ix in self.indexes], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self.num_records = int(self.starts[-1])
@@ -147,20 +214,31 @@ class RecordReader:
 
     def where(self, record):
         shard, local = self.locate(record)
-        return f"shard {self.names[shard]} record {local}"
+        return place(self.split, self.names[shard], local)
 
     def read(self, record):
-        """The payload bytes of one record; CorruptRecordError naming shard and record if it is bad."""
+        """The payload bytes of one record; CorruptRecordError naming split, shard and record if it is bad."""
         if not 0 <= record < self.num_records:
             raise IndexError(f"record {record} out of range [0, {self.num_records})")
         payloads, _ = self.read_many(np.array([record]), raise_errors=True)
         return payloads[0]
 
+    def expected_ids(self, recs):
+        """The id each of the global records `recs` must carry (int64 array); None without id tables."""
+        if not self.has_ids:
+            return None
+        shards, locals_ = self.locate_many(recs)
+        out = np.empty(len(shards), np.int64)
+        for shard in np.unique(shards).tolist():
+            sel = shards == shard
+            out[sel] = self.ids[shard][locals_[sel]]
+        return out
+
     def read_many(self, recs, raise_errors=True):
         """Payloads of global record numbers `recs` (int array), in order.
 
-        Returns (payloads, errors): errors maps a position in `recs` to the CorruptRecordError message of a bad
-        record (its payload is b""); with raise_errors=True the first bad record raises instead. Lookups are
+        Returns (payloads, errors): errors maps a position in `recs` to (reason code, message naming the record) of
+        a bad record (its payload is b""); with raise_errors=True the first bad record raises instead. Lookups are
         vectorised; the loop (this is the pipeline's per-record Python cost) does only the pread and the checks.
         """
         recs = np.asarray(recs, dtype=np.int64)
@@ -181,10 +259,11 @@ class RecordReader:
             # The length field is compared with the index's (a stale index), then the payload CRC.
             if (len(data) != length + FRAME_BYTES or int.from_bytes(data[:8], "little") != length
                     or (check and int.from_bytes(data[HEADER_BYTES + length:], "little") != crc(payload))):
-                message = f"{self.where(int(recs[i]))}: {self._problem(data, offset, length)}"
+                code, problem = self._problem(data, offset, length)
+                message = f"{self.where(int(recs[i]))}: {problem}"
                 if raise_errors:
                     raise CorruptRecordError(message)
-                errors[i] = message
+                errors[i] = (code, message)
                 payload = b""
             payloads.append(payload)
         return payloads, errors
@@ -202,13 +281,14 @@ class RecordReader:
 
     @staticmethod
     def _problem(data, offset, length):
-        """Why a record read by `read_many` failed its checks."""
+        """(reason code, text): why a record read by `read_many` failed its checks."""
         if len(data) != length + FRAME_BYTES:
-            return f"truncated (read {len(data)} of {length + FRAME_BYTES} bytes at byte {offset})"
+            return "truncated", f"truncated (read {len(data)} of {length + FRAME_BYTES} bytes at byte {offset})"
         stored = int.from_bytes(data[:8], "little")
         if stored != length:
-            return f"index does not match shard (index length {length}, stored length {stored} at byte {offset})"
-        return "payload checksum mismatch (corrupt record)"
+            return "index_mismatch", (f"index does not match shard (index length {length}, stored length {stored} "
+                                      f"at byte {offset})")
+        return "crc", "payload checksum mismatch (CRC-32C: the record's bytes changed)"
 
     def close(self):
         for fd in self._fds.values():

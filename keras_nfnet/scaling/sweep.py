@@ -267,7 +267,8 @@ def launch_subprocess(run: PlannedRun, spec: SweepSpec) -> None:
     """Runs the pretraining trainer for `run` in a child process, its output appended to <run_dir>/train.log.
 
     The trainer resumes from the run's newest checkpoint if there is one. A diverged run (exit status 3) is
-    marked as such and counts as tried; any other failure stops the sweep with the end of the log.
+    marked as such and counts as tried; a user error (exit status 2: a bad record, a damaged corpus) is raised as a
+    ValueError with the run's one-line message; any other failure stops the sweep with the end of the log.
     """
     from keras_nfnet.scaling import run_summary
 
@@ -281,6 +282,10 @@ def launch_subprocess(run: PlannedRun, spec: SweepSpec) -> None:
     if proc.returncode == 3:
         run_summary.mark_diverged(run.run_dir, tail)
         return
+    if proc.returncode == 2:  # a user error (damaged corpus, bad record, bad config): re-running cannot help
+        errors = [line.strip() for line in tail.splitlines() if line.startswith("error: ")]
+        raise ValueError(f"run {run.run_id}: {errors[-1][len('error: '):] if errors else 'exit status 2'} "
+                         f"(log: {log_path})")
     if proc.returncode != 0:
         what = "was preempted (SIGTERM; its checkpoint is saved)" if proc.returncode in (143, -15) else (
             f"failed (exit status {proc.returncode})")

@@ -51,19 +51,44 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class PreemptionSignal:
-    """Turns SIGTERM into a flag that `Checkpointing` checks after each step (save, then stop cleanly)."""
+    """Turns SIGTERM into a flag that `Checkpointing` checks after each step (save, then stop cleanly).
 
-    def __init__(self, signals=(signal.SIGTERM,)):
+    Under a multi-worker strategy the signal reaches one worker, while its peers would go on into the next step's
+    collectives and wait there forever. `agree()` therefore sums the local flags over all workers (one scalar
+    all-reduce, made by every worker after every step group, in the same order), so every worker learns of it after
+    the same step, saves that step and stops. TensorFlow's PreemptionCheckpointHandler does the same agreement
+    through the coordination service, but it saves and restores its own tf.train.Checkpoint and ends the process
+    itself, while a run's checkpoints here are Keras weights plus state.json (random generators, compute clock,
+    skipped records) written atomically, and the job must finish its own bookkeeping (logs, exit status 143).
+    """
+
+    def __init__(self, signals=(signal.SIGTERM,), strategy=None):
         self.received = None
+        self.stop_at = None  # the step every worker agreed to stop after
         self._previous = {}
         for sig in signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 pass
+        self._sum = None
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            @tf.function
+            def total(flag):
+                per_replica = strategy.run(lambda f: tf.identity(f), args=(flag,))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            self._sum = total
 
     def _handle(self, signum, frame):
         self.received = signum
+
+    def agree(self):
+        """True when any worker has received the signal (on every worker alike)."""
+        local = self.received is not None
+        if self._sum is None:
+            return local
+        return float(self._sum(tf.constant(1.0 if local else 0.0))) > 0
 
     def restore(self):
         for sig, handler in self._previous.items():
@@ -113,9 +138,9 @@ class Checkpointing(keras.callbacks.Callback):
         step = global_step(self.model)
         if step % self.every == 0:
             self._save(step)
-        if self.preemption is not None and self.preemption.received is not None:
+        if self.preemption is not None and self.preemption.agree():
             self._save(step)
-            self.preempted_at = step
+            self.preempted_at = self.preemption.stop_at = step
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
@@ -207,9 +232,10 @@ class HeldOutLoss(keras.callbacks.Callback):
     (`heldout/loss_vs_mflops`: x = accumulated training MFLOPs; `heldout/loss_vs_device_seconds`), so a
     loss-vs-compute curve reads directly off TensorBoard."""
 
-    def __init__(self, evaluator, writer, clock, every, guard):
+    def __init__(self, evaluator, writer, clock, every, guard, preemption=None):
         super().__init__()
         self.evaluator, self.writer, self.clock, self.every, self.guard = evaluator, writer, clock, every, guard
+        self.preemption = preemption  # a preempted run stops without the final evaluation (its grace is short)
         self.history = []  # (step, loss, flops, device_hours)
         self._done_at = None
 
@@ -235,7 +261,32 @@ class HeldOutLoss(keras.callbacks.Callback):
             self._evaluate(step)
 
     def on_train_end(self, logs=None):
-        self._evaluate(global_step(self.model))
+        if self.preemption is None or self.preemption.stop_at is None:
+            self._evaluate(global_step(self.model))
+
+
+class BadRecordScalars(keras.callbacks.Callback):
+    """TensorBoard scalars `bad_records/<split>/<reason>`: distinct records skipped so far under
+    `on_bad_record="skip"`, every `every` steps and at the end (`reports`: split -> BadRecordReport)."""
+
+    def __init__(self, writer, reports, every):
+        super().__init__()
+        self.writer, self.reports, self.every = writer, reports, every
+
+    def write(self, step):
+        with self.writer.as_default(step=step):
+            for split, report in self.reports.items():
+                for reason, count in report.counts().items():
+                    tf.summary.scalar(f"bad_records/{split}/{reason}", count)
+        self.writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        if step % self.every == 0:
+            self.write(step)
+
+    def on_train_end(self, logs=None):
+        self.write(global_step(self.model))
 
 
 def write_hparams(writer, config_dict, trial_id):

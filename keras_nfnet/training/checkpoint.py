@@ -10,6 +10,13 @@ A directory named `ckpt-<step>` is complete by construction (rename is atomic on
 any instant leaves either the previous set of checkpoints or the previous set plus one complete new one. Only the
 last `keep` are kept. Resuming reads the step from `optimizer.iterations` (the step the optimizer has applied)
 and checks it against state.json.
+
+A checkpoint that fails to load (weights file truncated or corrupt, state.json missing or unreadable, a step that
+disagrees with the optimizer's) is reported and renamed `damaged-ckpt-<step>` (kept, never pruned, invisible to
+later runs), and the next older one is tried: the run resumes from the newest intact checkpoint. When none is
+intact, nothing is renamed and `restore` raises DamagedCheckpointsError listing each one and why: starting again
+from step 0 is left to the user (move them away), since a cause that damages every checkpoint at once (a
+different h5py or Keras, a full disk) would otherwise throw a whole run's progress away without anyone deciding to.
 """
 import json
 import logging
@@ -23,7 +30,16 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
+DAMAGED_PREFIX = "damaged-"
 _NAME = re.compile(r"^ckpt-(\d+)$")
+
+
+class DamagedCheckpointsError(ValueError):
+    """Every checkpoint of a work directory failed to load; the message lists each one and why."""
+
+
+class _Damaged(Exception):
+    pass
 
 
 def _fsync_dir(path):
@@ -124,25 +140,75 @@ class CheckpointManager:
         with open(os.path.join(self.path(step), STATE_FILE)) as f:
             return json.load(f)
 
-    def restore(self, model, step=None):
-        """Load checkpoint `step` (default: the newest) into a compiled model whose optimizer is built.
+    def all_steps(self):
+        """Steps of every directory named ckpt-<step>, complete or not, newest first."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted((int(m.group(1)) for m in map(_NAME.match, os.listdir(self.directory)) if m), reverse=True)
 
-        Returns (step, state). The step is read back from `model.optimizer.iterations`.
-        """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-        model.load_weights(os.path.join(self.path(step), WEIGHTS_FILE))
-        state = self.read_state(step)
+    def _load(self, model, step):
+        """Load checkpoint `step` into `model`; _Damaged(reason) when it cannot be used."""
+        path = self.path(step)
+        for name in (WEIGHTS_FILE, STATE_FILE):
+            if not os.path.isfile(os.path.join(path, name)):
+                raise _Damaged(f"{name} is missing")
+        try:
+            state = self.read_state(step)
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+                raise ValueError("it holds no step")
+        except (OSError, ValueError) as err:
+            raise _Damaged(f"{STATE_FILE} is unreadable ({err})") from None
+        try:
+            model.load_weights(os.path.join(path, WEIGHTS_FILE))
+        except Exception as err:  # noqa: BLE001 - h5py/Keras raise many kinds for a damaged file
+            raise _Damaged(f"{WEIGHTS_FILE} does not load ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
         rng, variables = state.get("rng", []), _rng_variables(model)
         if len(rng) != len(variables):
-            raise ValueError(f"checkpoint {self.path(step)} holds {len(rng)} random generator states but the model "
-                             f"has {len(variables)}; it was written by a different model.")
+            raise _Damaged(f"it holds {len(rng)} random generator states but the model has {len(variables)} (written "
+                           "by a different model)")
         for variable, value in zip(variables, rng):
             variable.assign(np.asarray(value, dtype=variable.dtype))
         restored = int(model.optimizer.iterations.numpy())
         if restored != int(state["step"]):
-            raise ValueError(f"checkpoint {self.path(step)} is inconsistent: optimizer.iterations={restored} but "
-                             f"state.json says step {state['step']}.")
-        log.info("restored %s (step %d)", self.path(step), restored)
+            raise _Damaged(f"it is inconsistent: optimizer.iterations={restored} but {STATE_FILE} says step "
+                           f"{state['step']}")
         return restored, state
+
+    def set_aside(self, step):
+        """Rename checkpoint `step` to damaged-ckpt-<step>[-N] (kept, never pruned); returns the new path."""
+        target = os.path.join(self.directory, DAMAGED_PREFIX + os.path.basename(self.path(step)))
+        candidate, n = target, 1
+        while os.path.exists(candidate):
+            candidate, n = f"{target}-{n}", n + 1
+        os.rename(self.path(step), candidate)
+        _fsync_dir(self.directory)
+        return candidate
+
+    def restore(self, model, step=None, report=print):
+        """Load the newest intact checkpoint (or checkpoint `step`) into a compiled model whose optimizer is built.
+
+        Returns (step, state); the step is read back from `model.optimizer.iterations`. Damaged newer checkpoints
+        are reported through `report` and set aside (by the writing process only). FileNotFoundError when there is
+        no checkpoint, DamagedCheckpointsError when none loads.
+        """
+        steps = [step] if step is not None else self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        damaged = []
+        for candidate in steps:
+            try:
+                restored, state = self._load(model, candidate)
+            except _Damaged as err:
+                damaged.append((candidate, str(err)))
+                continue
+            for bad, why in damaged:
+                where = self.set_aside(bad) if self.write else self.path(bad)
+                report(f"checkpoint {self.path(bad)} is damaged ({why}); "
+                       f"{'kept aside as ' + where if self.write else 'skipped'}; resuming from step {restored}")
+            log.info("restored %s (step %d)", self.path(candidate), restored)
+            return restored, state
+        raise DamagedCheckpointsError(
+            f"no intact checkpoint in {self.directory}: " + "; ".join(
+                f"ckpt-{bad:09d}: {why}" for bad, why in damaged) +
+            ". They were left in place; move them away (or use a new workdir) to start again from step 0")

@@ -35,6 +35,8 @@ class PretrainConfig:
     heldout_split: str = "holdout"
     crop: bool = True
     flip: bool = True
+    on_bad_record: str = "raise"   # raise: stop naming the record | skip: weight 0, counted per reason
+    verify_checksums: bool = True  # SHA-256 of every shard read, at a run's first open (docs/data.md)
     # optimisation (NFNET_SPEC.md section 4)
     global_batch_size: int = 64
     epochs: float = 1.0            # epoch budget; may be fractional; the cosine schedule spans it
@@ -70,6 +72,9 @@ RESUME_SAFE = frozenset({
     "strategy", "num_cpu_devices", "tpu_address", "steps_per_execution", "jit_compile", "checkpoint_every_steps",
     "keep_checkpoints", "eval_every_steps", "log_every_steps", "peak_flops_per_device", "verbose", "max_steps",
     "precision", "corpus",  # the corpus may move; its content is checked by fingerprint (corpus_sha256)
+    # Switching to "skip" is how a run goes on past a bad record; the skips are reported. The checksums are only
+    # verified at a run's first open anyway.
+    "on_bad_record", "verify_checksums",
 })
 
 _FIELDS = {f.name: f for f in dataclasses.fields(PretrainConfig)}
@@ -169,6 +174,8 @@ def validate(config, num_replicas=None):
                         f"replicas; use a multiple of {num_replicas}")
     if config.strategy not in KINDS:
         problems.append(f"unknown strategy {config.strategy!r}; accepted: {', '.join(KINDS)}")
+    if config.on_bad_record not in ("raise", "skip"):
+        problems.append(f"on_bad_record must be 'raise' or 'skip'; got {config.on_bad_record!r}")
     if config.precision not in PRECISIONS:
         problems.append(f"unknown precision {config.precision!r}; accepted: {', '.join(PRECISIONS)}")
     if not config.base_learning_rate > 0:

@@ -15,15 +15,18 @@ class HeldOutEvaluator:
     Args:
       per_example_loss: fn(labels, logits) -> [batch] losses (float32).
       global_batch_size: eval batch over all replicas (a multiple of the replica count).
+      on_bad_record, bad_record_report: as for `pipeline.eval_dataset`.
     """
 
-    def __init__(self, model, strategy, corpus, split, global_batch_size, image_size, per_example_loss):
+    def __init__(self, model, strategy, corpus, split, global_batch_size, image_size, per_example_loss,
+                 on_bad_record="raise", bad_record_report=None):
         self.model = model
         self.strategy = strategy
         self.steps = pipeline.eval_steps(corpus, split, global_batch_size)
 
-        def dataset_fn(ctx):
-            return pipeline.eval_dataset(corpus, split, global_batch_size, image_size, input_context=ctx)
+        def dataset_fn(ctx):  # under "skip", bad rows get weight 0 like the padding rows
+            return pipeline.eval_dataset(corpus, split, global_batch_size, image_size, input_context=ctx,
+                                         on_bad_record=on_bad_record, bad_record_report=bad_record_report)
 
         self._dataset = strategy.distribute_datasets_from_function(dataset_fn)
 

@@ -10,9 +10,12 @@ The work directory holds everything a run produces:
     config.json          the config the run started with (a resume with an incompatible config is refused)
     checkpoints/         ckpt-<step>/ {model.weights.h5, state.json}, the last N
     tensorboard/         event files (scalars, hparams)
-    result.json          final step, held-out loss, compute (written when the budget is done)
+    result.json          final step, held-out loss, compute, skipped bad records (written when the budget is done)
 
-Re-running the same command resumes from the newest checkpoint at the exact step and data position.
+Re-running the same command resumes from the newest intact checkpoint at the exact step and data position.
+Before anything is written to a new work directory the corpus is checked: the cheap every-open checks and, at this
+first open, the SHA-256 of every shard the run reads (`verify_checksums`), so a damaged corpus leaves nothing
+behind that a later run would trust.
 """
 import dataclasses
 import hashlib
@@ -29,6 +32,7 @@ import tensorflow as tf
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
 from keras_nfnet import architectures
+from keras_nfnet.data import verify
 from keras_nfnet.losses import recipe_loss
 from keras_nfnet.optimizers import nfnet_optimizer
 from keras_nfnet.training import callbacks as cb
@@ -53,12 +57,34 @@ class PretrainResult:
     workdir: str
     tensorboard_dir: str
     weights_sha256: str         # fingerprint of the final weights (equal on every worker of a synchronous job)
+    bad_records: dict = dataclasses.field(default_factory=dict)  # split -> {reason: distinct records skipped}
 
 
 def _corpus_fingerprint(corpus_dir):
     """sha256 of the corpus metadata (classes, splits, shard checksums): the same corpus, wherever it lives."""
     with open(os.path.join(corpus_dir, corpus_lib.METADATA_FILE), "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def _check_workdir(workdir):
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir} exists and is not a directory; choose a directory path")
+
+
+def check_corpus(config, new_run, progress=print):
+    """The corpus checks a run makes before it writes anything: every-open checks of the train and held-out
+    splits, and at a new run's first open the SHA-256 of each of their files (unless verify_checksums=False).
+    CorruptRecordError / FileNotFoundError naming the split and shard."""
+    info = corpus_lib.load_metadata(config.corpus)
+    splits = [config.train_split, config.heldout_split]
+    for split in splits:
+        verify.open_split(info, split).close()
+    if new_run and config.verify_checksums:
+        started = time.time()
+        hashed = verify.verify_checksums(info, splits)
+        progress(f"corpus checksums verified: {hashed / 1e6:.1f} MB of {', '.join(splits)} in "
+                 f"{time.time() - started:.1f} s")
+    return info
 
 
 def _prepare_workdir(workdir, config, chief):
@@ -84,6 +110,9 @@ def pretrain(config, workdir, strategy=None):
     if not workdir:
         raise ValueError("workdir must be a directory path (it holds checkpoints, logs and the result).")
     config_lib.validate(config)  # everything that can be checked without TensorFlow devices
+    _check_workdir(workdir)
+    new_run = not os.path.exists(os.path.join(workdir, "config.json"))
+    check_corpus(config, new_run)  # before the strategy (a multi-worker job's workers all fail alike) and workdir
     if strategy is None:
         strategy = strategy_lib.make_strategy(config.strategy, config.num_cpu_devices, config.tpu_address)
     replicas = strategy.num_replicas_in_sync
@@ -126,10 +155,15 @@ def pretrain(config, workdir, strategy=None):
     flops_per_image = train_flops_per_image(row, image_size, info.num_classes)
     peak = config.peak_flops_per_device or None
     clock = ComputeClock(flops_per_image, replicas, peak)
+    # Under on_bad_record="skip": the records skipped so far, per split (kept in checkpoints across restarts).
+    reports = ({config.train_split: pipeline.BadRecordReport(), config.heldout_split: pipeline.BadRecordReport()}
+               if config.on_bad_record == "skip" else {})
     start_step = 0
-    if manager.latest_step() is not None:
-        start_step, state = manager.restore(model)
+    if manager.all_steps():
+        start_step, state = manager.restore(model, report=lambda line: print(line, flush=True))
         clock.load_state(state.get("compute", {}))
+        for split, report in reports.items():
+            report.load_state(state.get("bad_records", {}).get(split, {}))
         print(f"Resuming from step {start_step} of {steps_total} (checkpoint {manager.path(start_step)}); the "
               f"input stream restarts at data position {start_step} (epoch "
               f"{start_step * config.global_batch_size // num_train}).", flush=True)
@@ -145,24 +179,29 @@ def pretrain(config, workdir, strategy=None):
     def train_fn(ctx):
         return pipeline.train_dataset(config.corpus, config.train_split, config.global_batch_size, image_size,
                                       config.seed, start_step=start_step, input_context=ctx, crop=config.crop,
-                                      flip=config.flip)
+                                      flip=config.flip, on_bad_record=config.on_bad_record,
+                                      bad_record_report=reports.get(config.train_split))
 
     evaluator = HeldOutEvaluator(model, strategy, config.corpus, config.heldout_split,
                                  _eval_batch(config.global_batch_size, replicas), eval_size,
-                                 recipe_loss(info.multi_label, reduction=None))
+                                 recipe_loss(info.multi_label, reduction=None), on_bad_record=config.on_bad_record,
+                                 bad_record_report=reports.get(config.heldout_split))
     guard = cb.DivergenceGuard()
-    preemption = cb.PreemptionSignal()
+    preemption = cb.PreemptionSignal(strategy=strategy)
     state_fn = lambda: {"compute": clock.state(), "data_position": global_step_of(model),  # noqa: E731
-                        "total_steps": steps_total, "time": time.time()}
+                        "total_steps": steps_total, "time": time.time(),
+                        "bad_records": {split: report.state() for split, report in reports.items()}}
     checkpointing = cb.Checkpointing(manager, config.checkpoint_every_steps, state_fn, guard, preemption, clock)
-    heldout = cb.HeldOutLoss(evaluator, writer, clock, config.eval_every_steps, guard)
+    heldout = cb.HeldOutLoss(evaluator, writer, clock, config.eval_every_steps, guard, preemption)
     callbacks = [guard, cb.StopAtStep(last_step), cb.TrainingScalars(writer, clock, config.log_every_steps,
                                                                     config.global_batch_size),
                  checkpointing, heldout]
     if chief and config.verbose:  # progress in steps of the run and epochs of the corpus, not Keras' intervals
         callbacks.append(cb.StepProgress(steps_total, config.global_batch_size, num_train))
+    if reports and chief:
+        callbacks.append(cb.BadRecordScalars(writer, reports, config.log_every_steps))
 
-    def suspects():  # where an anonymous image-decoding error in fit can come from: the training steps being
+    def suspects():  # where an anonymous parse or decoding error in fit can come from: the training steps being
         step = global_step_of(model)  # read, then the held-out split (evaluated inside fit)
         return [(config.train_split, pipeline.train_step_records(
             config.corpus, config.train_split, config.global_batch_size, config.seed, step)),
@@ -170,14 +209,16 @@ def pretrain(config, workdir, strategy=None):
 
     try:  # the event writer is closed however the run ends (divergence, preemption, an error in fit)
         try:
-            if start_step < last_step:
-                epoch_len = min(config.eval_every_steps, last_step)
-                with pipeline.naming_undecodable_images(config.corpus, suspects):
+            with pipeline.naming_bad_records(config.corpus, suspects):
+                if start_step < last_step:
+                    epoch_len = min(config.eval_every_steps, last_step)
                     model.fit(strategy.distribute_datasets_from_function(train_fn),
                               epochs=-(-last_step // epoch_len), initial_epoch=start_step // epoch_len,
                               steps_per_epoch=epoch_len, callbacks=callbacks,
                               shuffle=False,  # the stream is already shuffled, per epoch, by the exactly-once sampler
                               verbose=0)
+                elif not heldout.history:
+                    heldout._evaluate(global_step_of(model))  # the run was already complete: report its loss again
         finally:
             preemption.restore()
             writer.flush()
@@ -190,13 +231,15 @@ def pretrain(config, workdir, strategy=None):
                 f"training diverged: {what} at step {bad_step}. The last good checkpoint "
                 f"({manager.path(kept) if kept is not None else 'none'}) is intact; lower base_learning_rate "
                 f"(now {config.base_learning_rate}) or agc_clip (now {config.agc_clip}) and start a new workdir.")
-        if start_step >= last_step and not heldout.history:
-            heldout._evaluate(step)  # the run was already complete: report its held-out loss again
         preempted = checkpointing.preempted_at is not None
         status = "done" if step >= steps_total else ("preempted" if preempted else "stopped")
         result = PretrainResult(status, step, steps_total, heldout.history[-1][1] if heldout.history else math.nan,
                                 clock.flops, clock.device_hours, os.path.abspath(workdir), os.path.abspath(tb_dir),
-                                weights_fingerprint(model))
+                                weights_fingerprint(model),
+                                {split: report.counts() for split, report in reports.items()})
+        for split, report in reports.items():
+            if report.counts():
+                print(f"split {split!r}: {report.summary()}", flush=True)
         if chief and status == "done":
             tmp = os.path.join(workdir, "result.json.tmp")
             with open(tmp, "w") as f:
