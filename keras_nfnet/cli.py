@@ -28,6 +28,14 @@ def report(error, status):
     return status
 
 
+class _PlainFormatter(logging.Formatter):
+    """The message alone for INFO, prefixed with its level name above that."""
+
+    def format(self, record):
+        message = record.getMessage()
+        return message if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {message}"
+
+
 def _parse_flags(argv):
     """absl's flag parsing, with its errors (a missing required flag, an unknown flag, a bad value) reported as one
     line and exit status 2 (absl's default prints the usage text and exits 1)."""
@@ -48,6 +56,9 @@ def run(main, positional=False):
             absl_logging.set_verbosity(absl_logging.WARNING)
             logging.getLogger("tensorflow").setLevel(logging.WARNING)
             logging.getLogger("keras_nfnet").setLevel(logging.INFO)
+            # The apps' progress reads as plain lines; absl's "I1129 18:26:49.949 1398... file.py:104]" prefix
+            # (and the level letter of warnings) comes back with KERAS_NFNET_VERBOSE=1.
+            absl_logging.get_absl_handler().setFormatter(_PlainFormatter())
         try:
             if not positional and len(argv) > 1:
                 raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag (--helpfull "
