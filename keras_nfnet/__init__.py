@@ -133,7 +133,8 @@ def _quiet_native_logs_of_apps():
 
 
 # The modules whose classes are @keras.saving.register_keras_serializable(package="keras_nfnet").
-_SERIALIZABLE_MODULES = ("layers", "models", "losses", "agc", "optimizers", "backbone", "classifier", "image_converter")
+_SERIALIZABLE_MODULES = ("layers", "models", "vit", "losses", "agc", "optimizers", "backbone", "classifier",
+                         "image_converter")
 
 
 def _register_keras_classes():
