@@ -32,7 +32,6 @@ def main(argv):
     del argv
     import keras
 
-    import keras_nfnet.models  # noqa: F401  (registers NFNet for loading)
     from keras_nfnet.export import DEFAULT_MAX_IMAGE_PIXELS, export_for_serving
 
     model_path, image_size, class_names = FLAGS.model, FLAGS.image_size, None
