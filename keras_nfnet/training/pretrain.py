@@ -129,9 +129,9 @@ def pretrain(config, workdir, strategy=None):
     last_step = min(steps_total, config.max_steps) if config.max_steps else steps_total
     warmup = int(round(config.warmup_epochs * num_train / config.global_batch_size))
     precision = strategy_lib.resolve_precision(config.precision, strategy)
-    log.info("%s on %d replicas (%s), %s: %d steps of %d images = %.3g epochs of %d examples",
-             config.variant, replicas, type(strategy).__name__, precision, steps_total, config.global_batch_size,
-             config.epochs, num_train)
+    log.info("%s on %d %s (%s strategy), %s: %d steps of %d images = %.3g epochs of %d examples",
+             config.variant, replicas, "replica" if replicas == 1 else "replicas", config.strategy, precision,
+             steps_total, config.global_batch_size, config.epochs, num_train)
 
     keras.utils.set_random_seed(config.seed)  # same initial weights on every replica, host and restart
     with strategy.scope():
