@@ -11,8 +11,8 @@ import math
 import keras
 
 from keras_nfnet.layers import check_activation, check_numerics
-from keras_nfnet.models import _dtype_policy, feature_maps
-from keras_nfnet.variants import NFNetVariant, VARIANTS, get_variant
+from keras_nfnet.models import _dtype_policy, feature_maps, serialize_variant
+from keras_nfnet.variants import get_variant
 
 
 @keras.saving.register_keras_serializable(package="keras_nfnet")
@@ -62,13 +62,10 @@ class NFNetBackbone(keras.Model):
         return keras.Model(self.input, dict(self.pyramid_outputs), name=f"{self.name}_pyramid")
 
     def get_config(self):
-        variant = self.variant
-        if isinstance(variant, NFNetVariant):
-            variant = variant.name if VARIANTS.get(variant.name) == variant else variant.to_dict()
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "variant": variant,
+            "variant": serialize_variant(self.variant),
             "activation": self.activation,
             "stochastic_depth_rate": self.stochastic_depth_rate,
             "numerics": self.numerics,

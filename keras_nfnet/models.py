@@ -56,6 +56,33 @@ def _dtype_policy(dtype):
         ) from err
 
 
+def check_classifier_options(num_classes, include_top, stochastic_depth_rate, dropout_rate, default_dropout_rate,
+                             eval_image_size, crop_fraction):
+    """Validate the options every image classifier of this package shares (NFNet, ViT); return the dropout rate
+    to use (`dropout_rate`, or the variant's `default_dropout_rate` when None)."""
+    if eval_image_size is not None and (isinstance(eval_image_size, bool) or not isinstance(eval_image_size, int)
+                                        or eval_image_size < 1):
+        raise ValueError(f"eval_image_size must be a positive int or None; got {eval_image_size!r}.")
+    if crop_fraction is not None and (isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float))
+                                      or not 0.0 < crop_fraction <= 1.0):
+        raise ValueError(f"crop_fraction must be in (0, 1] or None; got {crop_fraction!r}.")
+    if include_top and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int with include_top=True; got {num_classes!r}.")
+    if not 0.0 <= stochastic_depth_rate < 1.0:
+        raise ValueError(f"stochastic_depth_rate must be in [0, 1); got {stochastic_depth_rate}.")
+    drop = default_dropout_rate if dropout_rate is None else dropout_rate
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1) or None; got {dropout_rate}.")
+    return drop
+
+
+def serialize_variant(variant):
+    """A variant for get_config: a registered row by name, a custom row as its dict."""
+    if isinstance(variant, NFNetVariant):
+        return variant.name if VARIANTS.get(variant.name) == variant else variant.to_dict()
+    return variant
+
+
 @keras.saving.register_keras_serializable(package="keras_nfnet")
 class NFNet(keras.Model):
     """Normalizer-free ResNet (Brock et al. 2021) as a functional Keras model.
@@ -84,23 +111,12 @@ class NFNet(keras.Model):
                  dropout_rate=None, include_top=True, pooling=None, input_shape=(None, None, 3), dtype=None,
                  name=None, numerics="deepmind", eval_image_size=None, crop_fraction=None, **kwargs):
         row = get_variant(variant)
-        if eval_image_size is not None and (isinstance(eval_image_size, bool) or not isinstance(eval_image_size, int)
-                                            or eval_image_size < 1):
-            raise ValueError(f"eval_image_size must be a positive int or None; got {eval_image_size!r}.")
-        if crop_fraction is not None and (isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float))
-                                          or not 0.0 < crop_fraction <= 1.0):
-            raise ValueError(f"crop_fraction must be in (0, 1] or None; got {crop_fraction!r}.")
         check_activation(activation)
         check_numerics(numerics)
-        if include_top and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int with include_top=True; got {num_classes!r}.")
         if pooling not in (None, "avg", "max"):
             raise ValueError(f"pooling must be None, 'avg' or 'max'; got {pooling!r}.")
-        if not 0.0 <= stochastic_depth_rate < 1.0:
-            raise ValueError(f"stochastic_depth_rate must be in [0, 1); got {stochastic_depth_rate}.")
-        drop = row.dropout_rate if dropout_rate is None else dropout_rate
-        if not 0.0 <= drop < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1) or None; got {dropout_rate}.")
+        drop = check_classifier_options(num_classes, include_top, stochastic_depth_rate, dropout_rate,
+                                        row.dropout_rate, eval_image_size, crop_fraction)
         input_shape = tuple(input_shape)
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (height, width, 3); got {input_shape}.")
@@ -147,13 +163,10 @@ class NFNet(keras.Model):
         return [layer for layer in self.layers if isinstance(layer, NFBlock)]
 
     def get_config(self):
-        variant = self.variant
-        if isinstance(variant, NFNetVariant):
-            variant = variant.name if VARIANTS.get(variant.name) == variant else variant.to_dict()
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "variant": variant,
+            "variant": serialize_variant(self.variant),
             "num_classes": self.num_classes,
             "activation": self.activation,
             "stochastic_depth_rate": self.stochastic_depth_rate,

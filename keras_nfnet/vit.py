@@ -13,6 +13,7 @@ import math
 import keras
 from keras import ops
 
+from keras_nfnet.models import check_classifier_options
 from keras_nfnet.vit_variants import get_vit_variant
 
 
@@ -130,18 +131,8 @@ class ViT(keras.Model):
                  include_top=True, input_shape=(None, None, 3), dtype=None, name=None, eval_image_size=None,
                  crop_fraction=None, **kwargs):
         row = get_vit_variant(variant)
-        if eval_image_size is not None and (isinstance(eval_image_size, bool) or not isinstance(eval_image_size, int)
-                                            or eval_image_size < 1):
-            raise ValueError(f"eval_image_size must be a positive int or None; got {eval_image_size!r}.")
-        if crop_fraction is not None and not 0.0 < crop_fraction <= 1.0:
-            raise ValueError(f"crop_fraction must be in (0, 1] or None; got {crop_fraction!r}.")
-        if include_top and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int with include_top=True; got {num_classes!r}.")
-        if not 0.0 <= stochastic_depth_rate < 1.0:
-            raise ValueError(f"stochastic_depth_rate must be in [0, 1); got {stochastic_depth_rate}.")
-        drop = row.dropout_rate if dropout_rate is None else dropout_rate
-        if not 0.0 <= drop < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1) or None; got {dropout_rate}.")
+        drop = check_classifier_options(num_classes, include_top, stochastic_depth_rate, dropout_rate,
+                                        row.dropout_rate, eval_image_size, crop_fraction)
         input_shape = tuple(input_shape)
         for side in input_shape[:2]:
             if side is not None and (side < row.patch_size or side % row.patch_size):

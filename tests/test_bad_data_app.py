@@ -249,7 +249,7 @@ def _exit(status):  # cli.run ends the process hard after a user error; here eac
     raise SystemExit(status)
 
 
-os._exit = _exit
+_hard_exit, os._exit = os._exit, _exit
 sys.argv = ["trainers/pretrain.py"]
 import trainers.pretrain as app
 from keras_nfnet import cli
@@ -264,7 +264,12 @@ for argv in json.load(open(sys.argv_file)):
         except SystemExit as exit:
             code = exit.code
     out.append({"returncode": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
-json.dump(out, open(sys.argv_file + ".out", "w"))
+with open(sys.argv_file + ".out", "w") as f:
+    json.dump(out, f)
+# As cli.run does after a user error: TensorFlow's input threads of a failed case can keep a normal interpreter
+# exit waiting forever.
+sys.stdout.flush()
+_hard_exit(0)
 """
 
 
