@@ -84,16 +84,18 @@ def _run_with_kills(mode, corpus_dir, workdir, epochs, kills, rng):
         lines_before = _count_lines(executed)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if killed < kills:
-            # wait until this run has consumed at least one batch, then kill it at a random moment
+            # wait until this run has consumed 1-3 new batches, then kill it at a random moment soon after
+            wanted = lines_before + rng.randint(1, 3)
             deadline = time.time() + 120
-            while _count_lines(executed) <= lines_before and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 0.6))
+            while _count_lines(executed) < wanted and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.15))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
+                proc.wait()
                 killed += 1
-            proc.wait()
-            continue
+                continue
+        # the run was not killed: it must end on its own (a run that finished early ends the kills too)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-3000:]
         return killed
@@ -138,7 +140,7 @@ def test_sigkill_restarts_keep_exactly_once_and_identical_reruns_and_control_fai
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from keras_nfnet.data.synthetic import make_synthetic_corpus
 
-    n, epochs = 24, 3
+    n, epochs = 32, 3
     corpus_dir = str(tmp_path / "corpus")
     make_synthetic_corpus(corpus_dir, num_images=n, num_classes=4, image_size=16, examples_per_shard=10)
     rng = random.Random(1234)
