@@ -21,6 +21,7 @@ setuptools.setup(
         "tf-models-official>=2.20,<2.21",
         "tensorboard>=2.20",
         "absl-py",
+        "ml_collections",  # job configs: Python files with --config.<field>=value overrides (config_flags)
         "numpy",
         "google-crc32c",  # CRC-32C of TFRecord framing, checked on every random-access read
         "pillow",  # fast JPEG/PNG encoding in the corpus producers
@@ -31,6 +32,14 @@ setuptools.setup(
         "tensorflow-serving-api>=2.20,<2.21",  # PredictionLog protos for TF Serving's warm-up file (matches TF)
         "scikit-learn",  # real images that ship in the wheel (digits) for the fine-tuning demo and tests
     ],
+    entry_points={
+        "console_scripts": [
+            "nfnet-pretrain=keras_nfnet.jobs.pretrain:main",
+            "nfnet-finetune=keras_nfnet.jobs.finetune:main",
+            "nfnet-evaluate=keras_nfnet.jobs.evaluate:main",
+            "nfnet-sweep=keras_nfnet.jobs.sweep:main",
+        ],
+    },
     extras_require={
         "test": [
             "pytest>=8",

@@ -1,12 +1,12 @@
 """Fine-tuning from a pretraining checkpoint vs training the same architecture from scratch, same budget.
 
-    python benchmarks/finetune_vs_scratch.py --source=/runs/pretrain --corpus=/data/digits --epochs=6 --crop=false
+    python benchmarks/finetune_vs_scratch.py --config.source=/runs/pretrain --config.corpus=/data/digits \
+        --config.epochs=6 --config.crop=false
 
-Runs trainers' fine-tuning job twice with one FinetuneConfig, once from `--source` and once from random
-initialisation (the baseline, run in the same process), and prints top-1/top-5 (raw and EMA) with the ratio of
-each to the baseline. Any other FinetuneConfig field can be set as a flag of the same name.
+Runs the fine-tuning job twice with one config (default: the shipped recipe, `--config.<field>=value` overrides),
+once from `source` and once from random initialisation (the baseline, run in the same process), and prints
+top-1/top-5 (raw and EMA) with the ratio of each to the baseline.
 """
-import dataclasses
 import os
 import sys
 import tempfile
@@ -14,23 +14,25 @@ import tempfile
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from keras_nfnet.finetune import config_from_flags, define_flags, finetune  # noqa: E402
-from keras_nfnet import cli  # noqa: E402
+from keras_nfnet.jobs import app as job_app  # noqa: E402
+from keras_nfnet.jobs import config as config_lib  # noqa: E402
+from keras_nfnet.jobs.finetune import finetune  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Where the two runs go (default: a temporary directory).")
-define_flags()
+job_app.define_flags("finetune", "Where the two runs go (default: a temporary directory).", workdir_required=False)
 
 
 def main(argv):
     del argv
-    config = config_from_flags()
+    config = FLAGS.config
     if not config.source:
-        raise app.UsageError("--source (a pretraining workdir or .keras file) is required")
+        raise app.UsageError("--config.source (a pretraining workdir or .keras file) is required")
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="ft_vs_scratch_")
-    pretrained = finetune(config, os.path.join(root, "finetuned"))
-    scratch = finetune(dataclasses.replace(config, source="", from_scratch=True, variant=pretrained["variant"]),
-                       os.path.join(root, "scratch"))
+    pretrained = finetune(config, os.path.join(root, "finetuned"))["metrics"]
+    pretrained["steps"] = int(pretrained["train_images_seen"] // config.global_batch_size)
+    scratch = finetune(config_lib.override(config, {"source": "", "from_scratch": True,
+                                                    "variant": pretrained["variant"]}),
+                       os.path.join(root, "scratch"))["metrics"]
     print(f"\n{pretrained['steps']} steps of {config.global_batch_size} images at {pretrained['image_size']} px, "
           f"evaluated on {pretrained['eval_examples']} images of split {pretrained['eval_split']} at "
           f"{pretrained['eval_image_size']} px, crop fraction {pretrained['crop_fraction']:.4g}; training view: "
@@ -44,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    job_app.run(main)

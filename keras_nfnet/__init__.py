@@ -7,7 +7,7 @@ imported when that part is used. The Keras classes a saved model names (`keras_n
 fresh process. That imports Keras (and its backend); a process where Keras cannot be imported (the TensorFlow-only
 model server) skips the registration.
 
-The command-line apps (`trainers/`, `datasets/`, `benchmarks/` of this repository) are quiet by default:
+The command-line apps (the jobs, and `trainers/`, `datasets/`, `benchmarks/` of this repository) are quiet by default:
 TensorFlow's C++ start-up lines (INFO, and on a machine with a CUDA library but no GPU the "failed call to
 cuInit" ERROR of its CUDA platform) are hidden with TF_CPP_MIN_LOG_LEVEL=3 unless the user set that variable;
 KERAS_NFNET_VERBOSE=1 brings everything back. Importing the package from other programs changes nothing.
@@ -72,18 +72,16 @@ _EXPORTS = {
     "convert_tfds": "data.convert",
     # fine-tuning, export and serving
     "enable_sam": "sam",
-    "FinetuneConfig": "finetune",
-    "finetune": "finetune",
-    "load_pretrained": "finetune",
-    "replace_head": "finetune",
-    "topk_accuracy": "finetune",
+    "finetune": "jobs.finetune",
+    "replace_head": "jobs.finetune",
+    "evaluate": "jobs.evaluate",
+    "topk_accuracy": "jobs.evaluate",
+    "load_model": "jobs.sources",
     "export_for_serving": "export",
     "ModelServer": "serving",
     "serve": "serving",
     # pretraining
-    "pretrain": "training.pretrain",
-    "PretrainConfig": "training.config",
-    "load_config": "training.config",
+    "pretrain": "jobs.pretrain",
     "make_strategy": "training.strategy",
     "CheckpointManager": "training.checkpoint",
     "ComputeClock": "training.compute",
@@ -118,7 +116,13 @@ _APP_DIRS = ("trainers", "datasets", "benchmarks")
 
 
 def _running_an_app():
-    """Whether the main program is one of this repository's command-line apps."""
+    """Whether the main program is one of the command-line apps: a job (`python -m keras_nfnet.jobs.<name>` or its
+    console script `nfnet-<name>`), or an app of this repository's trainers/, datasets/ or benchmarks/."""
+    argv = getattr(sys, "orig_argv", [])
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("keras_nfnet.jobs."):
+        return True
+    if sys.argv and os.path.basename(sys.argv[0]).startswith("nfnet-"):
+        return True
     main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     app_dir = os.path.dirname(main)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -45,9 +45,10 @@ def _parse_flags(argv):
         sys.exit(report(f"{error} (--helpfull lists the flags)", 2))
 
 
-def run(main, positional=False):
+def run(main, positional=False, flags_parser=None):
     """`absl.app.run(main)`, with user errors reported as one line and exit status 2; main's return value is the
-    exit status. Positional arguments are an error unless `positional`."""
+    exit status. Positional arguments are an error unless `positional`. `flags_parser` replaces the flag parsing
+    (it must report its errors the same way)."""
 
     def guarded(argv):
         if not os.environ.get("KERAS_NFNET_VERBOSE"):
@@ -73,4 +74,4 @@ def run(main, positional=False):
             sys.stdout.flush()
             os._exit(status)
 
-    app.run(lambda argv: sys.exit(guarded(argv)), flags_parser=_parse_flags)
+    app.run(lambda argv: sys.exit(guarded(argv)), flags_parser=flags_parser or _parse_flags)

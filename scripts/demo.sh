@@ -19,23 +19,25 @@ step() { printf '\n=== %s\n' "$*"; }
 # The fine-tuning recipe, shared by the fine-tuned run and its from-scratch baseline: the digits fill the frame
 # and a mirrored digit is another digit, so no Inception crop and no flip; the evaluation view is then the whole
 # image at the training resolution (crop fraction 1).
-RECIPE=(--corpus="$DEMO_DIR/digits" --image_size=32 --epochs=15 --global_batch_size=32 --crop=false --flip=false
-        --base_learning_rate=1.6 --agc_clip=0.04 --warmup_epochs=0.5 --sam_rho=0)
+RECIPE=(--config=finetune --config.corpus="$DEMO_DIR/digits" --config.image_size=32 --config.epochs=15
+        --config.global_batch_size=32 --config.crop=false --config.flip=false --config.base_learning_rate=1.6
+        --config.agc_clip=0.04 --config.warmup_epochs=0.5 --config.sam_rho=0)
 
 step "1/7 synthetic JFT-like corpus (multi-label, long-tailed, held-out split)"
 python datasets/make_synthetic.py --out "$DEMO_DIR/synthetic" --num_images 2048 --num_holdout 256 \
   --num_classes 20 --image_size 32
 
 step "2/7 pretrain the S0 NFNet (AGC + Nesterov SGD, model.fit, checkpoints, TensorBoard)"
-python trainers/pretrain.py --workdir "$DEMO_DIR/pretrain" \
-  --config "trainers/configs/cpu_tiny.py:corpus=$DEMO_DIR/synthetic,variant=S0,epochs=2,eval_every_steps=64"
+python -m keras_nfnet.jobs.pretrain --workdir="$DEMO_DIR/pretrain" --config=cpu_tiny \
+  --config.corpus="$DEMO_DIR/synthetic" --config.variant=S0 --config.epochs=2 --config.eval_every_steps=64
 
 step "3/7 fine-tune on scikit-learn's real handwritten digits at 32 px (new 10-class head)"
 python datasets/make_digits.py --out "$DEMO_DIR/digits"
-python trainers/finetune.py --source="$DEMO_DIR/pretrain" --workdir="$DEMO_DIR/finetune" "${RECIPE[@]}"
+python -m keras_nfnet.jobs.finetune "${RECIPE[@]}" --config.source="$DEMO_DIR/pretrain" --workdir="$DEMO_DIR/finetune"
 
 step "4/7 the same budget from scratch (random initialisation): the baseline"
-python trainers/finetune.py --from_scratch --variant=S0 --workdir="$DEMO_DIR/scratch" "${RECIPE[@]}"
+python -m keras_nfnet.jobs.finetune "${RECIPE[@]}" --config.from_scratch --config.variant=S0 \
+  --workdir="$DEMO_DIR/scratch"
 
 step "5/7 export for TF Serving (the model's evaluation view goes into the graph)"
 python trainers/export.py --finetune_workdir="$DEMO_DIR/finetune" --base_dir="$DEMO_DIR/serving" --model_name=digits
@@ -61,10 +63,10 @@ step "7/7 summary"
 python - "$DEMO_DIR" "$(( $(date +%s) - STARTED ))" <<'PY'
 import json, sys
 d, seconds = sys.argv[1], int(sys.argv[2])
-ft = json.load(open(f"{d}/finetune/results.json"))
-sc = json.load(open(f"{d}/scratch/results.json"))
+ft_result = json.load(open(f"{d}/finetune/result.json"))
+ft, sc = ft_result["metrics"], json.load(open(f"{d}/scratch/result.json"))["metrics"]
 print(f"{ft['variant']} on the digits test split ({ft['eval_examples']} images; evaluation view: {ft['eval_image_size']} px, "
-      f"crop fraction {ft['crop_fraction']:g}; {ft['steps']} steps of {ft['config']['global_batch_size']}):")
+      f"crop fraction {ft['crop_fraction']:g}; {ft_result['step']} steps of {ft_result['config']['global_batch_size']}):")
 print(f"  fine-tuned from the pretrained checkpoint: top-1 raw {ft['top1']:.3f}, EMA {ft['top1_ema']:.3f}")
 print(f"  from scratch, same budget:                 top-1 raw {sc['top1']:.3f}, EMA {sc['top1_ema']:.3f}")
 best_ft, best_sc = max(ft['top1'], ft['top1_ema']), max(sc['top1'], sc['top1_ema'])

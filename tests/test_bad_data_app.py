@@ -8,7 +8,6 @@ damage written by a (simulated) buggy producer gets matching checksums in the me
 it is the one made when the record is read; damage to bytes after the corpus was written is caught by the
 checksums at the run's first open, or, with verify_checksums=false, when the record is read.
 """
-import dataclasses
 import json
 import os
 import re
@@ -218,13 +217,13 @@ CASES = [
 
 
 def _overrides(corpus_dir, overrides=""):
-    return (f"corpus={corpus_dir},global_batch_size={TRAIN},epochs=1,peak_flops_per_device=1e11,verbose=0"
+    text = (f"corpus={corpus_dir},global_batch_size={TRAIN},epochs=1,peak_flops_per_device=1e11,verbose=0"
             + (f",{overrides}" if overrides else ""))
+    return [f"--config.{kv}" for kv in text.split(",")]
 
 
 def _argv(corpus_dir, workdir, overrides=""):
-    return ["trainers/pretrain.py", "--config", f"trainers/configs/cpu_tiny.py:{_overrides(corpus_dir, overrides)}",
-            "--workdir", workdir]
+    return ["trainers/pretrain.py", "--config=cpu_tiny", *_overrides(corpus_dir, overrides), "--workdir", workdir]
 
 
 def _env():
@@ -238,8 +237,8 @@ def _run(corpus_dir, workdir, overrides=""):
                           capture_output=True, text=True, timeout=300)
 
 
-# Runs the pretraining app's own entry point (trainers/pretrain.py: absl flags, cli.run, main) once per case inside
-# ONE subprocess, so TensorFlow is imported once for the whole table (about 10 s per process on this machine).
+# Runs the pretraining app's own entry point (trainers/pretrain.py: absl and config flags, cli.run, the job's main)
+# once per case inside ONE subprocess, so TensorFlow is imported once for the whole table (about 10 s per process).
 _DRIVER = r"""
 import contextlib, io, json, os, sys
 sys.path.insert(0, ".")
@@ -252,14 +251,13 @@ def _exit(status):  # cli.run ends the process hard after a user error; here eac
 _hard_exit, os._exit = os._exit, _exit
 sys.argv = ["trainers/pretrain.py"]
 import trainers.pretrain as app
-from keras_nfnet import cli
 out = []
 for argv in json.load(open(sys.argv_file)):
     sys.argv = argv
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            cli.run(app.main)
+            app.main()
             code = 0
         except SystemExit as exit:
             code = exit.code
@@ -383,17 +381,16 @@ WANT_SKIPPED = {"train": {"crc": 1, "label_out_of_range": 1}, "holdout": {"not_e
 def test_skip_policy_in_pretraining_reports_per_reason_in_log_tensorboard_and_result(clean, tmp_path, caplog):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from keras_nfnet.training.config import load_config
-    from keras_nfnet.training.pretrain import pretrain
+    from keras_nfnet.jobs import config as config_lib
+    from keras_nfnet.jobs.pretrain import pretrain
 
     d = str(tmp_path / "corpus")
     _damaged_for_skip(clean, d)
-    config = dataclasses.replace(load_config(os.path.join(ROOT, "trainers/configs/cpu_tiny.py")), corpus=d,
-                                 global_batch_size=TRAIN, epochs=2.0, peak_flops_per_device=1e11, verbose=0,
-                                 log_every_steps=1, on_bad_record="skip")
+    config = config_lib.load("cpu_tiny", corpus=d, global_batch_size=TRAIN, epochs=2.0, peak_flops_per_device=1e11,
+                             verbose=0, log_every_steps=1, on_bad_record="skip")
     workdir = str(tmp_path / "run")
     result = pretrain(config, workdir)
-    assert result.status == "done" and result.bad_records == WANT_SKIPPED
+    assert result["status"] == "done" and result["bad_records"] == WANT_SKIPPED
     assert json.load(open(os.path.join(workdir, "result.json")))["bad_records"] == WANT_SKIPPED
     assert "skipped bad record (crc): split train shard train-00000.tfrecord record 2: payload checksum" in caplog.text
     assert ("skipped bad record (not_example): split holdout shard holdout-00000.tfrecord record 3: not a "
@@ -409,20 +406,21 @@ def test_skip_policy_in_pretraining_reports_per_reason_in_log_tensorboard_and_re
 
 
 def test_fine_tuning_names_a_bad_record_and_skips_it_on_request(clean, tmp_path):
-    from keras_nfnet.finetune import FinetuneConfig, finetune
+    from keras_nfnet.jobs import config as config_lib
+    from keras_nfnet.jobs.finetune import finetune
 
     d = str(tmp_path / "corpus")
     _damaged_for_skip(clean, d)
-    config = FinetuneConfig(corpus=d, variant="tiny", from_scratch=True, eval_split="holdout", image_size=32,
-                            eval_image_size=32,
-                            epochs=1.0, warmup_epochs=0.0, global_batch_size=TRAIN, sam_rho=0.0, ema=False, verbose=0)
+    config = config_lib.load("finetune", corpus=d, variant="tiny", from_scratch=True, eval_split="holdout",
+                             image_size=32, eval_image_size=32, epochs=1.0, warmup_epochs=0.0,
+                             global_batch_size=TRAIN, sam_rho=0.0, ema=False, verbose=0)
     with pytest.raises(records.CorruptRecordError, match=r"bad record: split train shard train-0000[01].tfrecord "
                                                          r"record [26]: (payload checksum|label)"):
         finetune(config, str(tmp_path / "raise"))
-    assert not os.path.exists(os.path.join(tmp_path, "raise", "results.json"))
-    results = finetune(dataclasses.replace(config, on_bad_record="skip"), str(tmp_path / "skip"))
+    assert not os.path.exists(os.path.join(tmp_path, "raise", "result.json"))
+    results = finetune(config_lib.override(config, {"on_bad_record": "skip"}), str(tmp_path / "skip"))
     assert results["bad_records"] == {"train": WANT_SKIPPED["train"], "eval": WANT_SKIPPED["holdout"]}
-    assert results["eval_examples"] == HOLDOUT - 1
+    assert results["metrics"]["eval_examples"] == HOLDOUT - 1
 
 
 def test_a_sweep_run_on_a_bad_record_stops_the_sweep_with_its_one_line(clean, tmp_path):
@@ -431,7 +429,7 @@ def test_a_sweep_run_on_a_bad_record_stops_the_sweep_with_its_one_line(clean, tm
     d = str(tmp_path / "corpus")
     _damaged_for_skip(clean, d)
     spec = sweep.SweepSpec(
-        name="bad", pretrain_config=os.path.join(ROOT, "trainers", "configs", "sweep_toy_pretrain.py"),
+        name="bad", pretrain_config="sweep_toy_pretrain",
         variants=["tiny"], epoch_budgets=[1.0], lr_grid=[0.4], initial_lr=0.4, lr_search="grid",
         shared={"corpus": d, "verbose": 0, "peak_flops_per_device": 1e11}).validate()
     with pytest.raises(ValueError, match=r"^run tiny-e1-lr0.4: bad record: split train shard train-0000[01].tfrecord "

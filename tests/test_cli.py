@@ -9,23 +9,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["trainers/finetune.py", "--workdir=/tmp/unused", "--corpus=/no/such/corpus"], "corpus must be a corpus"),
+    (["trainers/finetune.py", "--workdir=/tmp/unused", "--config.corpus=/no/such/corpus"], "corpus must be a corpus"),
     (["trainers/serve.py", "--model_base_path=/no/such/model"], "does not exist"),
     (["datasets/make_synthetic.py", "--out=/tmp/unused", "--num_images=-5"], "num_images must be a positive"),
-    (["trainers/compare.py", "--models=S0,resnet", "--pretrain_config=unused.py", "--workdir=/tmp/unused"],
+    (["trainers/compare.py", "--models=S0,resnet", "--pretrain_config=cpu_tiny", "--workdir=/tmp/unused"],
      "unknown model 'resnet'"),
     # absl's own errors: a missing required flag, an unknown flag, a bad value, a stray argument
-    (["trainers/pretrain.py", "--config=trainers/configs/cpu_tiny.py"], "Flag --workdir must have a value"),
-    (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=trainers/configs/cpu_tiny.py", "--no_such_flag=1"],
+    (["trainers/pretrain.py", "--config=cpu_tiny"], "Flag --workdir must have a value"),
+    (["trainers/pretrain.py", "--workdir=/tmp/unused"], "Flag --config must have a value"),
+    (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=cpu_tiny", "--no_such_flag=1"],
      "Unknown command line flag 'no_such_flag'"),
-    (["trainers/finetune.py", "--workdir=/tmp/unused", "--epochs=many"], "flag --epochs=many"),
-    (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=trainers/configs/cpu_tiny.py", "stray"],
+    (["trainers/finetune.py", "--workdir=/tmp/unused", "--config.epochs=many"], "flag --config.epochs=many"),
+    (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=cpu_tiny", "stray"],
      "unexpected arguments ['stray']"),
-    (["trainers/sweep.py", "--sweep=trainers/configs/sweep_toy.py", "stray"], "unexpected arguments ['stray']"),
+    (["trainers/sweep.py", "--config=sweep_toy", "stray"], "unexpected arguments ['stray']"),
     (["trainers/export.py", "--base_dir=/tmp/unused"], "Flag --model_name must have a value"),
+    # config_flags' errors: a config file that is not there, a field the config does not have
+    (["-m", "keras_nfnet.jobs.pretrain", "--workdir=/tmp/unused", "--config=no/such/config.py"],
+     "config file 'no/such/config.py' does not exist"),
+    (["-m", "keras_nfnet.jobs.pretrain", "--workdir=/tmp/unused", "--config=cpu_tiny", "--config.colour=red"],
+     "unknown config field 'colour'"),
+    (["-m", "keras_nfnet.jobs.evaluate", "--workdir=/tmp/unused", "--config.corpus=/no/such/corpus"],
+     "model is not set"),
     # a multi-line message (every problem of a config) still comes out as one line
-    (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=trainers/configs/cpu_tiny.py:variant=F99,epochs=0"],
-     "bad pretraining config: unknown variant 'F99'"),
+    (["-m", "keras_nfnet.jobs.pretrain", "--workdir=/tmp/unused", "--config=cpu_tiny", "--config.variant=F99",
+      "--config.epochs=0"], "bad pretraining config: unknown variant 'F99'"),
 ])
 def test_user_error_is_one_line_and_status_2(argv, message):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}

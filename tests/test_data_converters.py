@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_nfnet import finetune
+from keras_nfnet.jobs import defaults
+from keras_nfnet.jobs.evaluate import find_eval_split
 from keras_nfnet.data import convert, corpus, records, verify
 from keras_nfnet.data.pipeline import eval_dataset, train_dataset
 
@@ -49,7 +50,7 @@ def test_image_folder_from_sklearn_digits_stores_png_bytes_and_labels(tmp_path):
     test_labels = [ex["labels"][0] for ex in _records(out, "test")]
     assert sorted(test_labels) == [0, 0, 1, 1, 2, 2]  # stratified
     # The fine-tuning job evaluates "test" by default: the converter's held-out split is found without flags.
-    assert finetune.find_eval_split(info) == "test"
+    assert find_eval_split(info) == "test"
     x, y, w = next(iter(eval_dataset(out, "test", 6, 32)))
     assert x.shape == (6, 32, 32, 3) and float(tf.reduce_sum(w)) == 6
     assert sorted(np.argmax(y.numpy(), 1).tolist()) == [0, 0, 1, 1, 2, 2]
@@ -119,7 +120,7 @@ def test_tfds_converter_on_mocked_mnist(tmp_path):
     assert info.split_sizes == {"train": 10, "test": 10} and stats["images"] == 20
     # TFDS stores mnist as PNG: the corpus holds those bytes unchanged (no decode and re-encode).
     assert [ex["image"] for ex in _records(out, "train")] == stored and stored[0][:4] == b"\x89PNG"
-    assert finetune.find_eval_split(info) == "test"
+    assert find_eval_split(info) == "test"
     got = [(tf.io.decode_png(ex["image"]).numpy(), ex["labels"][0]) for ex in _records(out, "train")]
     for (ref_img, ref_label), (img, label) in zip(reference, got):
         np.testing.assert_array_equal(img, ref_img)
@@ -166,7 +167,7 @@ def test_split_folders_become_corpus_splits_with_one_class_list_and_lossless_byt
             else:
                 assert ex["image"] in files[(split, name)]  # byte for byte
     # The jobs find the splits by their default names: train for training, test for evaluation.
-    assert finetune.FinetuneConfig().train_split == "train" and finetune.find_eval_split(info) == "test"
+    assert defaults.finetune().train_split == "train" and find_eval_split(info) == "test"
     x, y = next(iter(train_dataset(out, "train", 4, 32, seed=0)))
     assert x.shape == (4, 32, 32, 3)
     assert verify.verify(out, deep=True) == []

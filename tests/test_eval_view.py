@@ -2,7 +2,6 @@
 job's evaluation, the exported SavedModel and the server, for the whole-image view and the papers' crop; and a
 saved model loads in a fresh process after only `import keras_nfnet`."""
 import base64
-import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +13,9 @@ import pytest
 import tensorflow as tf
 from werkzeug.test import Client
 
-from keras_nfnet import export, finetune as ft
+from keras_nfnet import export
+from keras_nfnet.jobs import config as config_lib
+from keras_nfnet.jobs import finetune as ft
 from keras_nfnet.data import preprocess
 from keras_nfnet.data.corpus import CorpusWriter, decode_example, load_metadata
 from keras_nfnet.serving import ModelServer
@@ -58,13 +59,13 @@ def runs(tmp_path_factory):
     papers' view), 40 px training images, a short run with a high learning rate so the weights are not trivial."""
     root = tmp_path_factory.mktemp("view")
     corpus = _frame_filling_corpus(root / "corpus")
-    base = ft.FinetuneConfig(from_scratch=True, variant="tiny", corpus=corpus, image_size=32, epochs=2.0,
-                             global_batch_size=8, base_learning_rate=1.0, warmup_epochs=0.0, sam_rho=0.0, ema=False,
-                             flip=False, verbose=0)
+    base = config_lib.load("finetune", from_scratch=True, variant="tiny", corpus=corpus, image_size=32, epochs=2.0,
+                           global_batch_size=8, base_learning_rate=1.0, warmup_epochs=0.0, sam_rho=0.0, ema=False,
+                           flip=False, verbose=0)
     out = {}
     for crop in (False, True):
         workdir = str(root / f"crop_{crop}")
-        out[crop] = (ft.finetune(dataclasses.replace(base, crop=crop), workdir), workdir)
+        out[crop] = (ft.finetune(config_lib.override(base, {"crop": crop}), workdir)["metrics"], workdir)
     return corpus, out
 
 
@@ -150,11 +151,11 @@ def test_saved_model_loads_in_a_fresh_process_after_import_keras_nfnet(runs):
 
 def test_warmup_longer_than_a_short_run_is_clamped_and_reported(tmp_path, capsys):
     corpus = _frame_filling_corpus(tmp_path / "c", n_train=16, n_test=4)
-    config = ft.FinetuneConfig(from_scratch=True, variant="tiny", corpus=corpus, image_size=32, epochs=1.0,
-                               global_batch_size=8, warmup_epochs=1.0, sam_rho=0.0, ema=False)
+    config = config_lib.load("finetune", from_scratch=True, variant="tiny", corpus=corpus, image_size=32, epochs=1.0,
+                             global_batch_size=8, warmup_epochs=1.0, sam_rho=0.0, ema=False)
     result = ft.finetune(config, str(tmp_path / "w"))
     # 1 epoch of 16 images at batch 8 = 2 steps; a warm-up of one epoch would leave the cosine no step.
-    assert result["steps"] == 2 and result["warmup_steps"] == 1
+    assert result["total_steps"] == 2 and result["metrics"]["warmup_steps"] == 1
     log = capsys.readouterr().out
     assert "warm-up 1 steps (clamped from 2: the run has 2)" in log
     assert "training view: whole image" not in log and "Inception crop" in log and "horizontal flip" in log

@@ -1,5 +1,4 @@
 """Fine-tuning: head replacement, top-k evaluation against numpy, the job end to end, the digits corpus."""
-import dataclasses
 import importlib.util
 import json
 import os
@@ -9,9 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_nfnet import finetune as ft
 from keras_nfnet.data import preprocess
 from keras_nfnet.data.corpus import CorpusWriter, decode_example, load_metadata
+from keras_nfnet.jobs import config as config_lib
+from keras_nfnet.jobs import context
+from keras_nfnet.jobs import evaluate as ev
+from keras_nfnet.jobs import finetune as ft
+from keras_nfnet.jobs import sources
 from keras_nfnet.models import NFNet
 from keras_nfnet.training.checkpoint import CheckpointManager
 
@@ -37,7 +40,7 @@ def _corpus(path, n_train=40, n_test=21, num_classes=6, size=32, seed=0, undecod
 
 
 def _pretrain_workdir(path, num_classes=20):
-    """A pretraining work directory as trainers/pretrain.py leaves it: config.json + one checkpoint."""
+    """A pretraining work directory as the pretraining job leaves it: config.json + one checkpoint."""
     keras.utils.set_random_seed(3)
     model = NFNet("tiny", num_classes=num_classes, input_shape=(32, 32, 3))
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
@@ -51,7 +54,7 @@ def _pretrain_workdir(path, num_classes=20):
 
 def test_replace_head_copies_every_weight_but_the_classifier(tmp_path):
     workdir, pretrained = _pretrain_workdir(tmp_path / "pre")
-    loaded = ft.load_pretrained(workdir)
+    loaded = sources.load_model(workdir)
     assert loaded.num_classes == 20
     for a, b in zip(pretrained.weights, loaded.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -74,7 +77,7 @@ def test_topk_accuracy_matches_numpy(tmp_path):
     keras.utils.set_random_seed(0)
     model = NFNet("tiny", num_classes=6)
     model.get_layer("classifier").kernel.assign(np.random.default_rng(1).normal(0, 2, (32, 6)).astype("float32"))
-    got = ft.topk_accuracy(model, corpus, "test", 32, batch_size=8)  # 21 = 2 full batches + a padded one
+    got = ev.topk_accuracy(model, corpus, "test", 32, batch_size=8)  # 21 = 2 full batches + a padded one
 
     # Independent reference: read the records in corpus order, evaluation preprocessing per image, numpy ranks.
     info = load_metadata(corpus)
@@ -100,32 +103,42 @@ def test_finetune_job_end_to_end(tmp_path):
     results file whose numbers are re-computed here from the saved models."""
     corpus = _corpus(tmp_path / "c", n_train=48, n_test=18)
     workdir, _ = _pretrain_workdir(tmp_path / "pre")
-    config = ft.FinetuneConfig(source=workdir, corpus=corpus, image_size=48, eval_image_size=64, epochs=1.75,
-                               global_batch_size=16, base_learning_rate=2.0, warmup_epochs=0.5, agc_clip=0.04,
-                               sam_rho=0.05, repeats=2, ema=True, ema_max_decay=0.999, crop=False, verbose=0)
+    config = config_lib.load("finetune", source=workdir, corpus=corpus, image_size=48, eval_image_size=64,
+                             epochs=1.75, global_batch_size=16, base_learning_rate=2.0, warmup_epochs=0.5,
+                             agc_clip=0.04, sam_rho=0.05, repeats=2, ema=True, ema_max_decay=0.999, crop=False,
+                             verbose=0)
     out = str(tmp_path / "ft")
     result = ft.finetune(config, out)
-    with open(os.path.join(out, ft.RESULTS_FILE)) as f:
-        saved = json.load(f)
+    with open(os.path.join(out, context.RESULT_FILE)) as f:
+        everything = json.load(f)
+    assert everything == result and everything["job"] == "finetune" and everything["status"] == "done"
+    saved = everything["metrics"]
     # 1.75 epochs of 48 images at batch 16 = 5.25 -> 5 steps: intervals of 3 steps, the last one cut at step 5.
-    assert saved["top1"] == result["top1"] and saved["steps"] == 5 and saved["eval_image_size"] == 64
-    assert saved["final_step"] == 5
-    assert saved["config"] == dataclasses.asdict(config)
+    assert everything["total_steps"] == 5 and everything["step"] == 5 and saved["eval_image_size"] == 64
+    assert everything["config"] == config_lib.as_dict(config)
     assert saved["class_names"] == [f"c{i}" for i in range(6)]
     raw = keras.saving.load_model(os.path.join(out, "model.keras"), compile=False)
     ema = keras.saving.load_model(os.path.join(out, "model_ema.keras"), compile=False)
     # The two saved models really are different weights (the EMA is not the final iterate).
     assert max(np.abs(a.numpy() - b.numpy()).max() for a, b in zip(raw.weights, ema.weights)) > 1e-6
     for model, key in ((raw, ""), (ema, "_ema")):
-        again = ft.topk_accuracy(model, corpus, "test", 64, batch_size=7)
+        again = ev.topk_accuracy(model, corpus, "test", 64, batch_size=7)
         assert saved["top1" + key] == pytest.approx(again["top1"])
         assert saved["top5" + key] == pytest.approx(again["top5"])
     assert 0.0 <= saved["top1"] <= saved["top5"] <= 1.0
+    # The evaluation job on the fine-tuning workdir: its better model, in the evaluation view stored in it.
+    evaluated = ev.evaluate(config_lib.load("evaluate", model=out, corpus=corpus, batch_size=5), str(tmp_path / "ev"))
+    key = "" if saved["best_weights"] == "raw" else "_ema"
+    assert evaluated["job"] == "evaluate" and evaluated["metrics"]["image_size"] == 64
+    assert evaluated["metrics"]["top1"] == pytest.approx(saved["top1" + key])
+    assert evaluated["metrics"]["examples"] == 18
+    assert json.load(open(tmp_path / "ev" / "result.json")) == evaluated
     assert any(name.startswith("events") for name in os.listdir(os.path.join(out, "tensorboard")))
 
 
 @pytest.mark.parametrize("change, message", [
     ({"corpus": "/nonexistent"}, "corpus must be a corpus directory"),
+    ({"corpus": "/nonexistent", "warmup_epochs": -1.0}, "(?s)corpus must be a corpus.*warmup_epochs must be"),
     ({"variant": "F99"}, "needs variant"),
     ({"from_scratch": False}, "give source .* or from_scratch"),
     ({"source": "/some/run"}, "either source .* or from_scratch"),
@@ -136,10 +149,11 @@ def test_finetune_job_end_to_end(tmp_path):
     ({"source": "/nonexistent/run", "from_scratch": False}, "does not exist"),
 ])
 def test_bad_config(tmp_path, change, message):
-    config = dataclasses.replace(ft.FinetuneConfig(corpus=_corpus(tmp_path / "c", 6, 6), variant="tiny",
-                                                   from_scratch=True, global_batch_size=16), **change)
-    with pytest.raises((ValueError, FileNotFoundError), match=message):
+    fields = dict(corpus=_corpus(tmp_path / "c", 6, 6), variant="tiny", from_scratch=True, global_batch_size=16)
+    config = config_lib.load("finetune", **dict(fields, **change))
+    with pytest.raises(ValueError, match=message):
         ft.finetune(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_digits_corpus(tmp_path):
@@ -161,11 +175,11 @@ def test_digits_corpus(tmp_path):
 
 def test_an_image_the_decoder_rejects_is_named_in_training_and_in_evaluation(tmp_path):
     corpus = _corpus(tmp_path / "c", n_train=16, n_test=8, undecodable=(5, 16 + 3))
-    config = ft.FinetuneConfig(corpus=corpus, variant="tiny", from_scratch=True, image_size=32, eval_image_size=32,
-                               epochs=1.0, global_batch_size=8, warmup_epochs=0.0, verbose=0)
+    config = config_lib.load("finetune", corpus=corpus, variant="tiny", from_scratch=True, image_size=32,
+                             eval_image_size=32, epochs=1.0, global_batch_size=8, warmup_epochs=0.0, verbose=0)
     with pytest.raises(ValueError, match=r"^bad record: split train shard train-00000.tfrecord record 5: TensorFlow's "
                                          r"decoder rejects the image \(Invalid PNG"):
         ft.finetune(config, str(tmp_path / "w"))
     with pytest.raises(ValueError, match=r"^bad record: split test shard test-00000.tfrecord record 3: TensorFlow's "
                                          r"decoder rejects the image \(Invalid PNG"):
-        ft.topk_accuracy(NFNet("tiny", num_classes=6), corpus, "test", 32, batch_size=4)
+        ev.topk_accuracy(NFNet("tiny", num_classes=6), corpus, "test", 32, batch_size=4)

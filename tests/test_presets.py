@@ -168,7 +168,8 @@ def test_convert_weights_app_writes_a_preset(tmp_path, reference):
 
 
 def test_finetune_loads_a_preset_as_source(tmp_path, converted, reference):
-    from keras_nfnet.finetune import load_pretrained, replace_head
+    from keras_nfnet.jobs.finetune import replace_head
+    from keras_nfnet.jobs.sources import load_model as load_pretrained
 
     preset = str(tmp_path / "p")
     presets.save_preset(converted.classifier(), preset)

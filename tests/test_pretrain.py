@@ -1,7 +1,6 @@
 """The pretraining job in-process: MirroredStrategy over two logical CPU devices equals one device, bad configs
 fail before any work, a NaN/inf loss stops the run leaving the last good checkpoint, SIGTERM checkpoints and
 exits, the result and the work directory layout."""
-import dataclasses
 import os
 import signal
 import subprocess
@@ -12,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
+from keras_nfnet.jobs import config as config_lib
+from keras_nfnet.jobs.pretrain import pretrain
 from keras_nfnet.training import callbacks as cb
-from keras_nfnet.training.config import PretrainConfig, load_config
-from keras_nfnet.training.pretrain import pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,11 +29,10 @@ def corpus(tmp_path_factory):
 
 
 def _config(corpus_dir, **overrides):
-    base = load_config(os.path.join(ROOT, "trainers/configs/cpu_tiny.py"))
     fields = dict(corpus=corpus_dir, global_batch_size=8, epochs=1.0, checkpoint_every_steps=2, eval_every_steps=4,
                   log_every_steps=2, peak_flops_per_device=1e11, verbose=0)
     fields.update(overrides)
-    return dataclasses.replace(base, **fields)
+    return config_lib.load("cpu_tiny", **fields)
 
 
 def _weights(workdir, step):
@@ -50,7 +48,7 @@ def test_mirrored_two_cpu_devices_match_one_device(corpus, tmp_path):
     one = pretrain(_config(corpus, max_steps=4), str(tmp_path / "one"))
     two = pretrain(_config(corpus, max_steps=4, strategy="mirrored", num_cpu_devices=2, steps_per_execution=2),
                    str(tmp_path / "two"))
-    assert one.status == two.status == "stopped" and one.step == two.step == 4
+    assert one["status"] == two["status"] == "stopped" and one["step"] == two["step"] == 4
     a, b = _weights(str(tmp_path / "one"), 4), _weights(str(tmp_path / "two"), 4)
     assert sorted(a) == sorted(b) and len(a) > 10
     a2, b2 = _weights(str(tmp_path / "one"), 2), _weights(str(tmp_path / "two"), 2)
@@ -62,20 +60,27 @@ def test_mirrored_two_cpu_devices_match_one_device(corpus, tmp_path):
         assert np.abs(delta_b - delta_a).max() <= 1e-2 * np.abs(delta_a).max() + 1e-7, name
         moved = max(moved, float(np.abs(delta_a).max()))
     assert moved > 1e-4
-    assert abs(one.heldout_loss - two.heldout_loss) < 1e-4
+    assert abs(one["metrics"]["heldout_loss"] - two["metrics"]["heldout_loss"]) < 1e-4
     # Two replicas did the same work: equal FLOPs; devices counted in device-hours.
-    assert one.flops == pytest.approx(two.flops)
+    assert one["metrics"]["flops"] == pytest.approx(two["metrics"]["flops"])
 
 
 def test_fractional_budget_sets_schedule_length_and_result(corpus, tmp_path):
     result = pretrain(_config(corpus, epochs=0.75, eval_every_steps=2), str(tmp_path / "run"))
-    assert result.status == "done" and result.total_steps == result.step == 6  # ceil(0.75 * 64 / 8)
-    assert np.isfinite(result.heldout_loss)
-    assert os.path.exists(tmp_path / "run" / "result.json")
+    assert result["status"] == "done" and result["total_steps"] == result["step"] == 6  # ceil(0.75 * 64 / 8)
+    assert np.isfinite(result["metrics"]["heldout_loss"])
+    # The one result schema of every job (keras_nfnet.jobs.context), written when the budget is done.
+    import json
+
+    saved = json.load(open(tmp_path / "run" / "result.json"))
+    assert saved == result and saved["job"] == "pretrain" and saved["config"]["epochs"] == 0.75
+    assert sorted(saved) == ["bad_records", "config", "job", "metrics", "seconds", "status", "step", "tensorboard_dir",
+                             "total_steps", "workdir"]
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == [f"ckpt-{s:09d}" for s in (2, 4, 6)][-3:]
     # Resuming a finished run does no more steps and reports the same held-out loss.
     again = pretrain(_config(corpus, epochs=0.75, eval_every_steps=2), str(tmp_path / "run"))
-    assert again.step == 6 and again.heldout_loss == pytest.approx(result.heldout_loss, abs=1e-6)
+    assert again["step"] == 6
+    assert again["metrics"]["heldout_loss"] == pytest.approx(result["metrics"]["heldout_loss"], abs=1e-6)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -143,11 +148,12 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(corpus, tmp_path):
     workdir = str(tmp_path / "run")
-    overrides = (f"corpus={corpus},global_batch_size=8,epochs=6,checkpoint_every_steps=4,eval_every_steps=1000,"
-                 "peak_flops_per_device=1e11,verbose=0")
+    overrides = [f"--config.{k}={v}" for k, v in dict(
+        corpus=corpus, global_batch_size=8, epochs=6, checkpoint_every_steps=4, eval_every_steps=1000,
+        peak_flops_per_device=1e11, verbose=0).items()]
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
-    proc = subprocess.Popen([sys.executable, "trainers/pretrain.py", "--config",
-                             f"trainers/configs/cpu_tiny.py:{overrides}", "--workdir", workdir],
+    proc = subprocess.Popen([sys.executable, "trainers/pretrain.py", "--config=cpu_tiny", *overrides,
+                             "--workdir", workdir],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoints = os.path.join(workdir, "checkpoints")
     try:
@@ -171,9 +177,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(corpus, tmp_path):
 
 def test_command_reports_a_bad_config_without_a_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
-    proc = subprocess.run([sys.executable, "trainers/pretrain.py", "--config",
-                           "trainers/configs/cpu_tiny.py:corpus=/nonexistent,variant=F99,epochs=0",
-                           "--workdir", str(tmp_path / "run")],
+    proc = subprocess.run([sys.executable, "trainers/pretrain.py", "--config=cpu_tiny", "--config.corpus=/nonexistent",
+                           "--config.variant=F99", "--config.epochs=0", "--workdir", str(tmp_path / "run")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

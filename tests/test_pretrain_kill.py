@@ -39,7 +39,7 @@ def _launch(corpus, workdir):
     overrides = (f"corpus={corpus},epochs={EPOCHS},global_batch_size={BATCH},checkpoint_every_steps=1,"
                  f"keep_checkpoints=2,eval_every_steps=1000,log_every_steps=2,peak_flops_per_device=1e11,verbose=0")
     cmd = [sys.executable, os.path.join(ROOT, "trainers", "pretrain.py"),
-           "--config", f"{ROOT}/trainers/configs/cpu_tiny.py:{overrides}", "--workdir", workdir]
+           "--config=cpu_tiny", *[f"--config.{kv}" for kv in overrides.split(",")], "--workdir", workdir]
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

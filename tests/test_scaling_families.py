@@ -10,7 +10,7 @@ import pytest
 
 from keras_nfnet import flops, vit_variants
 from keras_nfnet.data.synthetic import make_synthetic_corpus
-from keras_nfnet.finetune import FinetuneConfig
+from keras_nfnet.jobs import config as config_lib
 from keras_nfnet.scaling import run_summary
 from keras_nfnet.scaling.families import compare_families, format_table
 from keras_nfnet.scaling.sweep import SweepSpec
@@ -31,10 +31,10 @@ def test_nfnet_and_vit_compared_by_the_same_jobs(tmp_path):
     corpus = str(tmp_path / "synth")
     make_synthetic_corpus(corpus, num_images=64, num_classes=10, image_size=32, num_holdout=16, seed=5)
     digits = _digits(str(tmp_path / "digits"))
-    spec = (f"{REPO}/trainers/configs/cpu_tiny.py:corpus={corpus},epochs=1,checkpoint_every_steps=4,"
-            "eval_every_steps=4,verbose=0,peak_flops_per_device=1e9")
-    ft = FinetuneConfig(corpus=digits, epochs=0.25, global_batch_size=32, image_size=32, eval_image_size=32,
-                        sam_rho=0.0, warmup_epochs=0.0, verbose=0)
+    spec = config_lib.load("cpu_tiny", corpus=corpus, epochs=1.0, checkpoint_every_steps=4, eval_every_steps=4,
+                           verbose=0, peak_flops_per_device=1e9)
+    ft = config_lib.load("finetune", corpus=digits, epochs=0.25, global_batch_size=32, image_size=32,
+                         eval_image_size=32, sam_rho=0.0, warmup_epochs=0.0, verbose=0)
     workdir = str(tmp_path / "compare")
     lines = []
     rows = compare_families(["tiny", "vit-tiny"], spec, ft, workdir, log=lines.append)
@@ -49,11 +49,11 @@ def test_nfnet_and_vit_compared_by_the_same_jobs(tmp_path):
         assert math.isclose(r["pretrain_flops"], 6 * macs[r["model"]] * images, rel_tol=1e-9)
         assert math.isfinite(r["heldout_loss"]) and r["pretrain_device_hours"] > 0
         assert 0.0 <= r["finetune_top1"] <= 1.0
-        with open(os.path.join(workdir, "finetune", r["model"], "results.json")) as f:
-            summary = json.load(f)
+        with open(os.path.join(workdir, "finetune", r["model"], "result.json")) as f:
+            summary = json.load(f)["metrics"]
         assert summary["source"] == os.path.join(workdir, "pretrain", r["model"])
         assert summary["eval_examples"] == 450  # the digits test split: every image evaluated once
-        assert summary["steps"] == round(0.25 * 1347 / 32)
+        assert summary["train_images_seen"] == round(0.25 * 1347 / 32) * 32
     vit = keras.saving.load_model(os.path.join(workdir, "finetune", "vit-tiny", "model.keras"))
     assert isinstance(vit, ViT) and vit.num_classes == 10
     table = format_table(rows)
@@ -73,10 +73,10 @@ def test_nfnet_and_vit_compared_by_the_same_jobs(tmp_path):
 
 
 def test_sweep_and_comparison_accept_vit_names_and_reject_unknown(tmp_path):
-    SweepSpec(name="mixed", pretrain_config="trainers/configs/sweep_toy_pretrain.py", variants=["S0", "ViT-0"],
+    SweepSpec(name="mixed", pretrain_config="sweep_toy_pretrain", variants=["S0", "ViT-0"],
               epoch_budgets=[1.0], lr_grid=[0.1, 0.2], initial_lr=0.1).validate()
     with pytest.raises(ValueError, match="ViT-9"):
-        SweepSpec(name="bad", pretrain_config="trainers/configs/sweep_toy_pretrain.py", variants=["ViT-9"],
+        SweepSpec(name="bad", pretrain_config="sweep_toy_pretrain", variants=["ViT-9"],
                   epoch_budgets=[1.0], lr_grid=[0.1, 0.2], initial_lr=0.1).validate()
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
-        compare_families(["S0", "resnet"], "unused.py", FinetuneConfig(), str(tmp_path))
+        compare_families(["S0", "resnet"], config_lib.load("cpu_tiny"), config_lib.load("finetune"), str(tmp_path))

@@ -1,16 +1,17 @@
 """Sweep planning, resumption and cluster collection, with a stand-in launcher that writes what the pretraining
-trainer writes (config.json, result.json). tests/test_scaling_sweep_trainer.py launches the real trainer."""
+job writes (config.json, result.json). tests/test_scaling_sweep_trainer.py launches the real job."""
 import json
 import math
 import os
 
 import pytest
 
+from keras_nfnet.jobs import config as config_lib
 from keras_nfnet.scaling import run_summary, sweep
 from keras_nfnet.scaling.results import ResultsStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRETRAIN_CONFIG = os.path.join(REPO, "trainers", "configs", "sweep_toy_pretrain.py")
+PRETRAIN_CONFIG = "sweep_toy_pretrain"
 GRID = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
 
 
@@ -45,7 +46,7 @@ def _spec(tmp_path, **kw):
 
 
 class FakeTrainer:
-    """Writes a run directory the way trainers/pretrain.py does, with a loss from `_fake_loss`."""
+    """Writes a run directory the way the pretraining job does, with a loss from `_fake_loss`."""
 
     def __init__(self, fail_on=None):
         self.launched, self.fail_on = [], fail_on
@@ -58,15 +59,15 @@ class FakeTrainer:
         cfg = sweep.run_config(spec, run.variant, run.epochs, run.learning_rate)
         os.makedirs(run.run_dir, exist_ok=True)
         with open(os.path.join(run.run_dir, "config.json"), "w") as f:
-            json.dump(cfg.to_dict(), f)
+            json.dump(config_lib.as_dict(cfg), f)
         steps = math.ceil(run.epochs * 640 / cfg.global_batch_size)
         if run.learning_rate >= 3.2:  # the largest LR diverges, as the trainer would report with exit status 3
             run_summary.mark_diverged(run.run_dir, "error: training diverged")
             return
         with open(os.path.join(run.run_dir, "result.json"), "w") as f:
-            json.dump({"status": "done", "step": steps, "total_steps": steps,
-                       "heldout_loss": _fake_loss(run.variant, run.epochs, run.learning_rate),
-                       "flops": 1e9 * steps, "device_hours": 1e-4 * steps}, f)
+            json.dump({"job": "pretrain", "status": "done", "step": steps, "total_steps": steps,
+                       "metrics": {"heldout_loss": _fake_loss(run.variant, run.epochs, run.learning_rate),
+                                   "flops": 1e9 * steps, "device_hours": 1e-4 * steps}}, f)
 
 
 def test_smart_sweep_finds_every_cells_grid_optimum_with_fewer_runs(tmp_path):
@@ -78,7 +79,7 @@ def test_smart_sweep_finds_every_cells_grid_optimum_with_fewer_runs(tmp_path):
         grid_best = min(GRID[:-1], key=lambda lr: _fake_loss(variant, epochs, lr))
         assert best == grid_best, (variant, epochs)
     assert len(trainer.launched) < 0.6 * len(GRID) * 8
-    rows = ResultsStore(str(tmp_path / "w" / "results.jsonl")).load()
+    rows = ResultsStore(str(tmp_path / "w" / "runs.jsonl")).load()
     assert len(rows) == len(set(trainer.launched))
     row = next(r for r in rows if r.run_id == "S1-e2-lr0.4")
     assert (row.variant, row.epochs, row.learning_rate, row.batch_size, row.image_size) == ("S1", 2.0, 0.4, 32, 32)
@@ -106,7 +107,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert second.launched == reference.launched[4:]  # same runs, none twice
 
     # A run that finished but whose row was never written (killed in between) is collected, not re-run.
-    store = ResultsStore(os.path.join(workdir, "results.jsonl"))
+    store = ResultsStore(os.path.join(workdir, "runs.jsonl"))
     lines = open(store.path).read().splitlines()
     open(store.path, "w").write("\n".join(lines[:-1]) + "\n")
     third = FakeTrainer()
@@ -121,14 +122,16 @@ def test_cluster_waves_with_collect_reach_the_same_results(tmp_path):
 
     workdir, trainer, waves = str(tmp_path / "cluster"), FakeTrainer(), 0
     while True:
-        plan = sweep.plan_sweep(spec, ResultsStore(os.path.join(workdir, "results.jsonl")).load(), workdir)
+        plan = sweep.plan_sweep(spec, ResultsStore(os.path.join(workdir, "runs.jsonl")).load(), workdir)
         if not plan.ready:
             break
         for run in plan.ready:  # "independent jobs"
             cmd = run.command(spec)
-            assert cmd[:3] == ["python", "-m", "trainers.pretrain"] and f"--workdir={run.run_dir}" in cmd
-            assert f"base_learning_rate={run.learning_rate!r}" in cmd[3]
-            job = run.job_command("s.py", workdir)
+            assert cmd[:3] == ["python", "-m", "keras_nfnet.jobs.pretrain"] and f"--workdir={run.run_dir}" in cmd
+            assert cmd[3] == f"--config={config_lib.CONFIG_DIR}/sweep_toy_pretrain.py"
+            assert f"--config.base_learning_rate={run.learning_rate!r}" in cmd
+            job = run.job_command(["--config=s.py"], workdir)
+            assert job[:4] == ["python", "-m", "keras_nfnet.jobs.sweep", "--config=s.py"]
             assert job[-2:] == ["--mode=run_one", f"--run_id={run.run_id}"]
             sweep.run_one(spec, workdir, run.run_id, launcher=trainer)
         with pytest.raises(ValueError, match="not runnable now"):
@@ -150,26 +153,26 @@ def test_bad_sweeps_are_rejected_before_any_run(tmp_path):
               shared={"variant": "S1", "max_steps": 5, "colour": 1}, pretrain_config="nope.py")
     msg = str(e.value)
     for needle in ("F99", "epoch_budgets repeat", "repeats 0.4", "lr_search must be one of", "colour",
-                   "may not set ['variant']", "max_steps", "nope.py does not exist"):
+                   "may not set ['variant']", "max_steps", "'nope.py' does not exist"):
         assert needle in msg, needle
     sweep_file = tmp_path / "s.py"
-    sweep_file.write_text("def get_sweep(**kw):\n    return dict(name='x', speed=3)\n")
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['speed'\]"):
+    sweep_file.write_text("def get_config():\n    return dict(name='x', speed=3)\n")
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['speed'\]"):
         sweep.load_sweep(str(sweep_file))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="does not exist"):
         sweep.load_sweep(str(tmp_path / "missing.py"))
 
 
 def test_toy_sweep_file_loads_and_dry_run_prints_plan_and_cost(tmp_path):
     corpus = _corpus(tmp_path)
-    spec = sweep.load_sweep(os.path.join(REPO, "trainers", "configs", "sweep_toy.py") + f":corpus={corpus}")
+    spec = sweep.load_sweep("sweep_toy", **{"shared.corpus": corpus})
     assert spec.variants == ["S0", "S1", "S2"] and spec.lr_search == "smart"
     text = sweep.describe_plan(spec, str(tmp_path / "w"))
     assert "S0-e0.5-lr0.2" in text and "waiting for the LR search of S0 at 0.5 epochs" in text
     # FLOPs of one run = 6 x MACs x images seen (an independent count: 10 steps of 32 images at 0.5 epochs).
     from keras_nfnet.flops import count_macs
     assert f"{6 * count_macs('S0', 32, 10) * 10 * 32:.3g}" in text
-    smoke = sweep.load_sweep(os.path.join(REPO, "trainers", "configs", "sweep_toy.py") + ":smoke=true")
+    smoke = sweep.load_sweep("sweep_toy:smoke")
     assert smoke.name == "toy-smoke"
 
 
@@ -178,7 +181,7 @@ def test_fractional_budgets_round_trip_through_the_run_config(tmp_path):
     trainer = FakeTrainer()
     plan = sweep.run_sweep(spec, str(tmp_path / "w"), launcher=trainer, log=lambda s: None)
     assert plan.complete and len(trainer.launched) == 5  # 0.2, 0.4, 0.8; then 0.8 (best, top of grid) and 0.4
-    rows = ResultsStore(str(tmp_path / "w" / "results.jsonl")).load()
+    rows = ResultsStore(str(tmp_path / "w" / "runs.jsonl")).load()
     assert {r.epochs for r in rows} == {1 / 3, 2 / 3}
 
 
@@ -189,13 +192,19 @@ def test_command_line_dry_run_and_errors(tmp_path):
     corpus = _corpus(tmp_path)
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     base = [sys.executable, os.path.join(REPO, "trainers", "sweep.py"), "--workdir", str(tmp_path / "w")]
-    sweep_file = os.path.join(REPO, "trainers", "configs", "sweep_toy.py")
-    plan = subprocess.run(base + ["--sweep", f"{sweep_file}:corpus={corpus}", "--mode", "plan"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    plan = subprocess.run(base + ["--config=sweep_toy", f"--config.shared.corpus={corpus}", "--mode", "plan"],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0, plan.stderr
     assert "runs ready now (3):" in plan.stdout and "--workdir=" in plan.stdout
+    assert f"--config.corpus={corpus}" in plan.stdout
     assert not (tmp_path / "w" / "runs").exists()  # a dry run trains nothing
-    bad = subprocess.run(base + ["--sweep", f"{sweep_file}:colour=red", "--mode", "plan"], env=env,
+    commands = subprocess.run(base + ["--config=sweep_toy", f"--config.shared.corpus={corpus}", "--mode=commands"],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert commands.returncode == 0, commands.stderr
+    jobs = commands.stdout.strip().splitlines()
+    assert len(jobs) == 3 and all(f"--config.shared.corpus={corpus}" in job and "--mode=run_one" in job
+                                  for job in jobs)
+    bad = subprocess.run(base + ["--config=sweep_toy", "--config.colour=red", "--mode", "plan"], env=env,
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "error: config file" in bad.stderr and "'colour'" in bad.stderr
+    assert bad.returncode == 2 and "error: unknown config field 'colour'" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -1,5 +1,5 @@
-"""The sweep launches the real pretraining trainer: a short run is collected with the trainer's own numbers, and a
-run whose learning rate makes it diverge is recorded as diverged (about a minute: two real runs)."""
+"""The sweep launches the real pretraining job: a short run is collected with the job's own numbers, and a run
+whose learning rate makes it diverge is recorded as diverged (about a minute: two real runs)."""
 import json
 import math
 import os
@@ -9,12 +9,12 @@ import pytest
 from keras_nfnet.scaling import sweep
 from keras_nfnet.scaling.results import ResultsStore
 
-PRETRAIN_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainers", "configs",
-                               "sweep_toy_pretrain.py")
+PRETRAIN_CONFIG = "sweep_toy_pretrain"
 
 
 def test_real_trainer_run_and_divergence_are_collected(tmp_path):
-    """One short real run through trainers/pretrain.py, and one whose learning rate makes it diverge."""
+    """One short real run through `python -m keras_nfnet.jobs.pretrain`, and one whose learning rate makes it
+    diverge."""
     from keras_nfnet.data.synthetic import make_synthetic_corpus
 
     corpus = str(tmp_path / "corpus")
@@ -27,10 +27,10 @@ def test_real_trainer_run_and_divergence_are_collected(tmp_path):
     workdir = str(tmp_path / "w")
     plan = sweep.run_sweep(spec, workdir, log=lambda s: None)
     assert plan.complete
-    rows = {r.run_id: r for r in ResultsStore(os.path.join(workdir, "results.jsonl")).load()}
+    rows = {r.run_id: r for r in ResultsStore(os.path.join(workdir, "runs.jsonl")).load()}
     ok, bad = rows["tiny-e0.5-lr0.4"], rows["tiny-e0.5-lr1e+06"]
     result = json.load(open(os.path.join(ok.run_dir, "result.json")))
-    assert ok.ok and ok.heldout_loss == result["heldout_loss"] and ok.steps == 4 and math.isfinite(ok.heldout_loss)
+    assert ok.ok and ok.heldout_loss == result["metrics"]["heldout_loss"] and ok.steps == 4 and math.isfinite(ok.heldout_loss)
     from keras_nfnet.flops import count_macs
     assert ok.flops == pytest.approx(6 * count_macs("tiny", 32, 4) * 4 * 8)
     assert bad.status == "diverged" and not bad.ok

@@ -49,7 +49,7 @@ def _launch(corpus, workdir, strategy, tf_config=None, steps_per_execution=1):
     if tf_config:
         env["TF_CONFIG"] = json.dumps(tf_config)
     cmd = [sys.executable, os.path.join(ROOT, "trainers", "pretrain.py"),
-           "--config", f"{ROOT}/trainers/configs/cpu_tiny.py:{overrides}", "--workdir", workdir]
+           "--config=cpu_tiny", *[f"--config.{kv}" for kv in overrides.split(",")], "--workdir", workdir]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -107,8 +107,8 @@ def _launch_pair(corpus, workdir, overrides):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
-    cmd = [sys.executable, os.path.join(ROOT, "trainers", "pretrain.py"), "--config",
-           f"{ROOT}/trainers/configs/cpu_tiny.py:corpus={corpus},{overrides}", "--workdir", workdir]
+    cmd = [sys.executable, os.path.join(ROOT, "trainers", "pretrain.py"), "--config=cpu_tiny",
+           *[f"--config.{kv}" for kv in f"corpus={corpus},{overrides}".split(",")], "--workdir", workdir]
     return [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(env, TF_CONFIG=json.dumps({"cluster": cluster,
                                                                  "task": {"type": "worker", "index": i}})))

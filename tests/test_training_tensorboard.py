@@ -1,7 +1,6 @@
 """TensorBoard: a pretraining run's event files hold every scalar the trainer promises (read back with
 TensorBoard's own event reader) with values checked against independent formulas, the hparams plugin record is
 there, and a real `tensorboard --logdir` on 127.0.0.1 serves the loss curve over HTTP."""
-import dataclasses
 import json
 import math
 import os
@@ -15,10 +14,9 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from keras_nfnet.flops import count_macs
-from keras_nfnet.training.config import load_config
-from keras_nfnet.training.pretrain import pretrain
+from keras_nfnet.jobs import config as config_lib
+from keras_nfnet.jobs.pretrain import pretrain
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAGS = ["train/loss", "train/learning_rate", "agc/clipped_fraction", "agc/grad_norm", "perf/images_per_second",
         "perf/images_per_second_per_device", "perf/mfu", "compute/flops", "compute/device_hours", "heldout/loss",
         "heldout/loss_vs_mflops", "heldout/loss_vs_device_seconds"]
@@ -33,11 +31,11 @@ def run(tmp_path_factory):
     make_synthetic_corpus(corpus, num_images=64, num_classes=10, image_size=32, num_holdout=12, seed=4,
                           multi_label=True, examples_per_shard=64)
     workdir = str(tmp_path_factory.mktemp("run"))
-    config = dataclasses.replace(load_config(os.path.join(ROOT, "trainers/configs/cpu_tiny.py")), corpus=corpus,
-                                 global_batch_size=BATCH, epochs=1.0, warmup_epochs=0.25, log_every_steps=1,
-                                 eval_every_steps=4, checkpoint_every_steps=4, peak_flops_per_device=PEAK, verbose=0)
+    config = config_lib.load("cpu_tiny", corpus=corpus, global_batch_size=BATCH, epochs=1.0, warmup_epochs=0.25,
+                             log_every_steps=1, eval_every_steps=4, checkpoint_every_steps=4,
+                             peak_flops_per_device=PEAK, verbose=0)
     result = pretrain(config, workdir)
-    acc = event_accumulator.EventAccumulator(result.tensorboard_dir, size_guidance={"scalars": 0, "tensors": 0})
+    acc = event_accumulator.EventAccumulator(result["tensorboard_dir"], size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return config, result, acc
 
@@ -55,7 +53,7 @@ def test_every_scalar_is_logged(run):
     assert not missing, f"missing {missing}; logged {tags}"
     assert [s for s, _ in _series(acc, "train/loss")] == list(range(1, STEPS + 1))
     assert [s for s, _ in _series(acc, "heldout/loss")] == [4, 8]
-    assert _series(acc, "heldout/loss")[-1][1] == pytest.approx(result.heldout_loss, rel=1e-6)
+    assert _series(acc, "heldout/loss")[-1][1] == pytest.approx(result["metrics"]["heldout_loss"], rel=1e-6)
 
 
 def test_values_follow_independent_formulas(run):
@@ -83,7 +81,7 @@ def test_values_follow_independent_formulas(run):
     # Held-out loss against compute: x is accumulated MFLOPs.
     xs = [s for s, _ in _series(acc, "heldout/loss_vs_mflops")]
     assert xs == [int(per_image * BATCH * 4 / 1e6), int(per_image * BATCH * 8 / 1e6)]
-    assert result.flops == pytest.approx(per_image * BATCH * STEPS)
+    assert result["metrics"]["flops"] == pytest.approx(per_image * BATCH * STEPS)
 
 
 def test_hparams_are_logged(run):
@@ -112,7 +110,7 @@ def test_tensorboard_server_serves_the_loss_curve(run):
     _, result, acc = run
     port = _free_port()
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir",
-                               result.tensorboard_dir, "--host", "127.0.0.1", "--port", str(port),
+                               result["tensorboard_dir"], "--host", "127.0.0.1", "--port", str(port),
                                "--load_fast", "false"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=.&tag=train%2Floss"

@@ -155,11 +155,13 @@ def test_architectures_dispatch_names_rows_and_dicts():
 
 
 def test_pretraining_config_accepts_vit_names_and_checks_the_patch():
-    from keras_nfnet.training.config import PretrainConfig, validate
+    from keras_nfnet.jobs import config as config_lib
+    from keras_nfnet.jobs import defaults
+    from keras_nfnet.jobs.pretrain import validate
 
     with pytest.raises(ValueError) as info:
-        validate(PretrainConfig(variant="ViT-0", image_size=30))
+        validate(config_lib.override(defaults.pretrain(), {"variant": "ViT-0", "image_size": 30}))
     assert "image_size=30 is not a multiple of ViT-0's patch size (4 px)" in str(info.value)
     assert "unknown variant" not in str(info.value)
     with pytest.raises(ValueError, match="unknown variant 'ViT-7'"):
-        validate(PretrainConfig(variant="ViT-7"))
+        validate(config_lib.override(defaults.pretrain(), {"variant": "ViT-7"}))

@@ -1,37 +1,39 @@
-"""NFNet vs ViT at equal pretraining compute: pretrain every model with the same trainer, corpus and budget, fine-tune
+"""NFNet vs ViT at equal pretraining compute: pretrain every model with the same job, corpus and budget, fine-tune
 each on one labelled corpus, and print fine-tuned top-1 against pretraining compute.
 
     python trainers/compare.py --models=S0,ViT-0,S1,ViT-1 --workdir=/runs/compare \
-        --pretrain_config="trainers/configs/sweep_toy_pretrain.py:corpus=/data/synth,epochs=4,base_learning_rate=0.4" \
-        --corpus=/data/digits --epochs=5 --image_size=32 --eval_image_size=32
+        --pretrain_config=sweep_toy_pretrain --pretrain_config.corpus=/data/synth --pretrain_config.epochs=4 \
+        --finetune_config.corpus=/data/digits --finetune_config.epochs=5 --finetune_config.image_size=32
 
---pretrain_config is a run config (as for trainers/pretrain.py; `variant` is set per model). Every field of
-`keras_nfnet.finetune.FinetuneConfig` is a flag of the same name (--corpus is the fine-tuning corpus; --source is
-set per model). Re-running the command resumes: finished steps are read back, not redone. The table goes to
-<workdir>/comparison.md and comparison.json.
+--pretrain_config is a pretraining config (a file or a shipped config's name; `variant` is set per model) and
+--finetune_config a fine-tuning config (default: the shipped recipe; `source` is set per model), both with
+--<flag>.<field>=value overrides. Re-running the command resumes: finished steps are read back, not redone. The
+table goes to <workdir>/comparison.md and comparison.json.
 """
 import logging
+import os
+import sys
 
 from absl import flags
 
-from keras_nfnet import cli
-from keras_nfnet.finetune import config_from_flags, define_flags
-from keras_nfnet.scaling.families import compare_families, format_table
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from keras_nfnet.jobs import app  # noqa: E402
+from keras_nfnet.scaling.families import compare_families, format_table  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", None, "model names: NFNet variants (S0..S3, F0, ...) and ViT variants (ViT-0..ViT-3)")
-flags.DEFINE_string("pretrain_config", None, "pretraining run config, 'file.py:key=value,...' (variant set per model)")
 flags.DEFINE_string("workdir", None, "holds pretrain/<model>, finetune/<model> and the comparison table")
-flags.mark_flags_as_required(["models", "pretrain_config", "workdir"])
-define_flags()
+flags.mark_flags_as_required(["models", "workdir"])
+app.define_config_flag("pretrain_config", None, "pretraining config (variant set per model)")
+app.define_config_flag("finetune_config", "finetune", "fine-tuning config (source set per model)")
 
 
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    rows = compare_families(FLAGS.models, FLAGS.pretrain_config, config_from_flags(), FLAGS.workdir)
+    rows = compare_families(FLAGS.models, FLAGS.pretrain_config, FLAGS.finetune_config, FLAGS.workdir)
     print(format_table(rows))
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    app.run(main)

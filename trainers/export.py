@@ -5,16 +5,15 @@
         --base_dir=/tmp/serving --model_name=digits
 
 With --finetune_workdir the model (the better of raw and EMA weights by top-1), the evaluation resolution and
-the class names come from its results.json; flags given explicitly override them.
+the class names come from its result.json; flags given explicitly override them.
 """
-import json
 import os
 
 from absl import app, flags
 from keras_nfnet import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("finetune_workdir", None, "A fine-tuning work directory (reads its results.json).")
+flags.DEFINE_string("finetune_workdir", None, "A fine-tuning work directory (reads its result.json).")
 flags.DEFINE_string("model", None, "A .keras model file (logits over classes from normalised images).")
 flags.DEFINE_string("base_dir", None, "Serving root; the export goes to <base_dir>/<model_name>/<version>.")
 flags.DEFINE_string("model_name", None, "Name clients address: /v1/models/<model_name>.")
@@ -36,11 +35,13 @@ def main(argv):
 
     model_path, image_size, class_names = FLAGS.model, FLAGS.image_size, None
     if FLAGS.finetune_workdir:
-        results_path = os.path.join(FLAGS.finetune_workdir, "results.json")
-        if not os.path.isfile(results_path):
-            raise app.UsageError(f"{results_path} not found: is {FLAGS.finetune_workdir} a finished fine-tuning run?")
-        with open(results_path) as f:
-            results = json.load(f)
+        from keras_nfnet.jobs import context
+
+        result = context.read_result(FLAGS.finetune_workdir)
+        if result is None or result.get("job") != "finetune":
+            raise app.UsageError(f"{FLAGS.finetune_workdir} holds no fine-tuning {context.RESULT_FILE}: is it a "
+                                 "finished fine-tuning run?")
+        results = result["metrics"]
         model_path = model_path or results["best_model"]
         image_size = image_size or results["eval_image_size"]
         class_names = results["class_names"]

@@ -1,13 +1,13 @@
 """NFNet vs ViT at equal pretraining compute: pretrain each model with the same trainer, corpus and budget, fine-tune
 each on the same labelled corpus, and tabulate fine-tuned top-1 against pretraining compute.
 
-    rows = compare_families(["S0", "ViT-0"], "trainers/configs/cpu_tiny.py:corpus=/data/synth,epochs=2",
-                            FinetuneConfig(corpus="/data/digits", epochs=3), workdir="/runs/compare")
+    from keras_nfnet.jobs import config
+    rows = compare_families(["S0", "ViT-0"], config.load("cpu_tiny", corpus="/data/synth", epochs=2.0),
+                            config.load("finetune", corpus="/data/digits", epochs=3.0), workdir="/runs/compare")
 
 Each model pretrains in `<workdir>/pretrain/<model>` and fine-tunes in `<workdir>/finetune/<model>`. Both steps
 resume or are skipped when their results are already there, so an interrupted comparison goes on where it stopped.
 """
-import dataclasses
 import json
 import os
 from typing import List, Sequence
@@ -22,32 +22,26 @@ def compare_families(models: Sequence[str], pretrain_config: str, finetune_confi
                      log=print) -> List[dict]:
     """One row (dict of FIELDS) per model; also written to `<workdir>/comparison.json` and `comparison.md`.
 
-    `pretrain_config` is a run config spec ('file.py:key=value,...'); each model gets `variant=<model>` on top.
-    `finetune_config` is a `FinetuneConfig` whose `source` is set to each model's pretraining workdir.
+    `pretrain_config` is a pretraining config (ConfigDict); each model gets `variant=<model>` on top.
+    `finetune_config` is a fine-tuning config whose `source` is set to each model's pretraining workdir.
     """
     from keras_nfnet.data.corpus import load_metadata
-    from keras_nfnet.finetune import RESULTS_FILE, finetune
-    from keras_nfnet.training.config import load_config
-    from keras_nfnet.training.pretrain import pretrain
+    from keras_nfnet.jobs import config as config_lib
+    from keras_nfnet.jobs import context
+    from keras_nfnet.jobs.finetune import finetune
+    from keras_nfnet.jobs.pretrain import pretrain
 
     for model in models:
         architectures.family(model)  # unknown names fail before any training
     rows = []
     for model in models:
-        config = load_config(pretrain_config, [f"variant={model}"])
+        config = config_lib.override(pretrain_config, {"variant": model})
         pre_dir = os.path.join(workdir, "pretrain", model)
-        result_path = os.path.join(pre_dir, "result.json")
-        if os.path.isfile(result_path):
-            with open(result_path) as f:
-                pre = json.load(f)
-        else:
-            pre = dataclasses.asdict(pretrain(config, pre_dir))
+        pre = context.read_result(pre_dir) or pretrain(config, pre_dir)
         ft_dir = os.path.join(workdir, "finetune", model)
-        if os.path.isfile(os.path.join(ft_dir, RESULTS_FILE)):
-            with open(os.path.join(ft_dir, RESULTS_FILE)) as f:
-                ft = json.load(f)
-        else:
-            ft = finetune(dataclasses.replace(finetune_config, source=pre_dir), ft_dir)
+        ft = context.read_result(ft_dir) or finetune(config_lib.override(finetune_config, {"source": pre_dir}),
+                                                     ft_dir)
+        pre, ft = dict(pre["metrics"], step=pre["step"]), ft["metrics"]
         classes = load_metadata(config.corpus).num_classes
         size = config.image_size or architectures.get_row(model).train_image_size
         rows.append({"family": architectures.family(model), "model": model,

@@ -1,10 +1,11 @@
-"""Turns a pretraining run's directory into a row of the results table.
+"""Turns a pretraining run's directory into a row of the sweep's table of runs.
 
-The pretraining trainer (`keras_nfnet.training.pretrain`) leaves in its workdir:
+The pretraining job (`keras_nfnet.jobs.pretrain`) leaves in its workdir:
     config.json   the config the run started with
-    result.json   written when the epoch budget is done: step, total_steps, heldout_loss, flops, device_hours
+    result.json   written when the epoch budget is done (keras_nfnet.jobs.context): step, total_steps, and in
+                  metrics heldout_loss, flops, device_hours
     checkpoints/ckpt-<step>/state.json   the compute clock at each checkpoint
-A run that diverged (the trainer exits with status 3 and writes no result.json) is marked by the sweep with
+A run that diverged (the job exits with status 3 and writes no result.json) is marked by the sweep with
 `diverged.json`, so the learning-rate search counts it as tried without re-running it.
 """
 import glob
@@ -50,8 +51,8 @@ def read_run_dir(run_dir: str, run_id: str = None, learning_rate: float = None) 
         summary, status = _read_json(diverged_path, "the divergence marker"), "diverged"
         summary["heldout_loss"] = None
     else:
-        summary = _read_json(os.path.join(run_dir, RESULT_FILE), "the run's result (written when its budget is done)")
-        status = "finished"
+        result = _read_json(os.path.join(run_dir, RESULT_FILE), "the run's result (written when its budget is done)")
+        summary, status = dict(result["metrics"], step=result["step"]), "finished"
     info = load_metadata(config["corpus"])
     image_size = config.get("image_size") or get_row(config["variant"]).train_image_size
     return RunResult(
@@ -75,8 +76,8 @@ def read_run_dir(run_dir: str, run_id: str = None, learning_rate: float = None) 
 
 def _read_json(path, what):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing ({what}); was this directory made by trainers/pretrain.py, "
-                                f"and did the run finish?")
+        raise FileNotFoundError(f"{path} is missing ({what}); was this directory made by the pretraining job "
+                                f"(keras_nfnet.jobs.pretrain), and did the run finish?")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 

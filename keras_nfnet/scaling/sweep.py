@@ -1,15 +1,17 @@
 """Sweeps: declare (model variants x epoch budgets x learning rates), plan the runs, launch them through the
-pretraining trainer, collect each run's result into the results store.
+pretraining job, collect each run's result into the sweep's table of runs.
 
-A sweep file is Python, like the run configs (`--sweep trainers/configs/sweep_toy.py:smoke=true`): it defines
-`get_sweep(**overrides)` returning a dict of `SweepSpec` fields. The sweep owns three fields of every run's
-pretraining config (`variant`, `epochs`, `base_learning_rate`); everything else comes from the base
-`pretrain_config` plus the sweep's `shared` overrides, and each run trains in `<workdir>/runs/<run_id>`.
+A sweep is a config file like every job's (`--config=sweep_toy:smoke`, `keras_nfnet.jobs.defaults.sweep` lists its
+fields). The sweep owns three fields of every run's pretraining config (`variant`, `epochs`, `base_learning_rate`);
+everything else comes from the base `pretrain_config` (a config file or a shipped config's name) plus the sweep's
+`shared` fields, and each run trains in `<workdir>/runs/<run_id>`.
 
 Planning is a pure function of the spec and the results so far (`plan_sweep`), which makes the sweep resumable
-(finished runs are in the store and are never re-planned; an interrupted run is planned again with the same
-run_id and directory, and the trainer resumes it from its last checkpoint) and lets the same plan be run one
-run after another here (`run_sweep`) or as independent cluster jobs (`PlannedRun.command`, then `collect`).
+(finished runs are in the table and are never re-planned; an interrupted run is planned again with the same
+run_id and directory, and the job resumes it from its last checkpoint) and lets the same plan be run one run
+after another here (`run_sweep`) or as independent cluster jobs (`PlannedRun.command`, then `collect`). Runs are
+launched as `python -m keras_nfnet.jobs.pretrain` with the interpreter running the sweep, so an installed package
+runs sweeps from any directory.
 """
 import dataclasses
 import math
@@ -20,37 +22,37 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from keras_nfnet.jobs import config as config_lib
 from keras_nfnet.scaling import lr_search
-from keras_nfnet.training import config as config_lib
 from keras_nfnet.scaling.results import ResultsStore, RunResult
 
 # Fields of the pretraining config that the sweep sets per run; `shared` may not override them.
 OWNED_FIELDS = ("variant", "epochs", "base_learning_rate")
-RESULTS_FILE = "results.jsonl"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS_FILE = "runs.jsonl"
 
 
 @dataclasses.dataclass
 class SweepSpec:
     name: str
-    pretrain_config: str  # base run config file (trainers/configs/*.py), optionally with ":key=value" overrides
+    pretrain_config: str  # base run config: a config file (path.py[:arg]) or a shipped config's name
     variants: List[str]  # smallest model first: the smart LR search hands best LRs up the ladder
     epoch_budgets: List[float]
-    lr_grid: List[float]  # values of the trainer's base_learning_rate (per 256 examples), a factor-2 grid
+    lr_grid: List[float]  # values of the runs' base_learning_rate (per 256 examples), a factor-2 grid
     initial_lr: float  # where the smart search of the first (model, budget) starts
     lr_search: str = "smart"  # "smart" (the paper's neighbour search) or "grid" (every LR for every cell)
-    shared: Dict[str, object] = dataclasses.field(default_factory=dict)  # overrides for every run
+    shared: Dict[str, object] = dataclasses.field(default_factory=dict)  # pretraining fields of every run
     compute: str = "flops"  # x-axis of the fits: "flops" or "device_hours"
     size: str = "params"  # model size axis of the allocation fit: "params" or "macs_per_image"
     irreducible: bool = False  # fit the loss frontier with an irreducible term
     n_bootstrap: int = 1000
 
     def validate(self) -> "SweepSpec":
-        from keras_nfnet.scaling.fit import COMPUTE_AXES, SIZE_AXES
-        from keras_nfnet.training.config import PretrainConfig
         from keras_nfnet.architectures import known_names
+        from keras_nfnet.jobs import defaults
+        from keras_nfnet.scaling.fit import COMPUTE_AXES, SIZE_AXES
 
         problems = []
+        self.variants, self.shared = list(self.variants), dict(self.shared)
         unknown = [v for v in self.variants if v not in known_names()]
         if not self.variants or unknown:
             problems.append(f"variants must be a non-empty list of known variants; unknown {unknown}, known "
@@ -73,8 +75,7 @@ class SweepSpec:
             problems.append(f"compute must be one of {COMPUTE_AXES}, got {self.compute!r}")
         if self.size not in SIZE_AXES:
             problems.append(f"size must be one of {SIZE_AXES}, got {self.size!r}")
-        fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-        bad = sorted(set(self.shared) - fields)
+        bad = sorted(set(self.shared) - set(defaults.pretrain()))
         if bad:
             problems.append(f"shared has unknown pretraining config field(s) {bad}")
         owned = sorted(set(self.shared) & set(OWNED_FIELDS))
@@ -83,9 +84,10 @@ class SweepSpec:
         if self.shared.get("max_steps"):
             problems.append("shared may not set max_steps: a run stopped early has no final held-out loss; "
                             "use smaller epoch_budgets instead")
-        config_path = self.pretrain_config.partition(":")[0]
-        if not os.path.isfile(_repo_path(config_path)):
-            problems.append(f"pretrain_config file {config_path} does not exist")
+        try:
+            self.pretrain_config = config_lib.resolve(self.pretrain_config)
+        except ValueError as e:
+            problems.append(f"pretrain_config: {e}")
         if problems:
             raise ValueError(f"bad sweep {self.name!r}:\n  - " + "\n  - ".join(problems))
         self.epoch_budgets = sorted(float(e) for e in self.epoch_budgets)
@@ -93,15 +95,21 @@ class SweepSpec:
         return self
 
 
-def load_sweep(spec: str) -> SweepSpec:
-    """Loads 'path.py[:key=value,...]': the file's get_sweep(**overrides) returns a dict of SweepSpec fields."""
-    path = spec.partition(":")[0]
-    fields, _ = config_lib.call_config_file(spec, "get_sweep")
-    names = {f.name for f in dataclasses.fields(SweepSpec)}
-    unknown = sorted(set(fields) - names)
-    if unknown:
-        raise ValueError(f"sweep file {path} returned unknown field(s) {unknown}; known: {sorted(names)}")
-    return SweepSpec(**fields).validate()
+def load_sweep(spec: str, **overrides) -> SweepSpec:
+    """The validated SweepSpec of a sweep config ('path.py[:arg]' or a shipped name), `overrides` applied."""
+    from keras_nfnet.jobs import defaults
+
+    return from_config(config_lib.load(spec, **overrides), defaults)
+
+
+def from_config(config, defaults=None) -> SweepSpec:
+    """The validated SweepSpec of a sweep ConfigDict (keras_nfnet.jobs.defaults.sweep's fields)."""
+    from keras_nfnet.jobs import defaults as defaults_lib
+
+    problems = config_lib.check_fields(config, (defaults or defaults_lib).sweep())
+    if problems:
+        raise ValueError("bad sweep config:\n  - " + "\n  - ".join(problems))
+    return SweepSpec(**config_lib.as_dict(config)).validate()
 
 
 def run_id(variant: str, epochs: float, lr: float) -> str:
@@ -119,17 +127,15 @@ class PlannedRun:
     reason: str  # why this LR (where the smart search started)
 
     def command(self, spec: SweepSpec, python: str = "python") -> List[str]:
-        """The pretraining command of this run (what a cluster job runs, from the repository root)."""
-        override_text = ",".join(f"{k}={_fmt(v)}" for k, v in self.overrides.items())
-        base, _, base_overrides = spec.pretrain_config.partition(":")
-        text = ",".join(filter(None, [base_overrides, override_text]))
-        return [python, "-m", "trainers.pretrain", f"--config={os.path.abspath(_repo_path(base))}:{text}",
-                f"--workdir={self.run_dir}"]
+        """The pretraining command of this run (what a cluster job runs, from any directory)."""
+        return ([python, "-m", "keras_nfnet.jobs.pretrain", f"--config={spec.pretrain_config}"] +
+                [f"--config.{k}={_fmt(v)}" for k, v in self.overrides.items()] + [f"--workdir={self.run_dir}"])
 
-    def job_command(self, sweep_arg: str, workdir: str, python: str = "python") -> List[str]:
-        """The cluster job of this run: the pretraining command wrapped so that a divergence is recorded."""
-        return [python, os.path.join("trainers", "sweep.py"), f"--sweep={sweep_arg}", f"--workdir={workdir}",
-                "--mode=run_one", f"--run_id={self.run_id}"]
+    def job_command(self, sweep_args: List[str], workdir: str, python: str = "python") -> List[str]:
+        """The cluster job of this run: the pretraining command wrapped so that a divergence is recorded.
+        `sweep_args`: the --config flag (and its overrides) that name the sweep."""
+        return [python, "-m", "keras_nfnet.jobs.sweep", *sweep_args, f"--workdir={workdir}", "--mode=run_one",
+                f"--run_id={self.run_id}"]
 
 
 @dataclasses.dataclass
@@ -155,7 +161,7 @@ def tried_table(results: List[RunResult]) -> Dict[Tuple[str, float], Dict[float,
 
 def plan_sweep(spec: SweepSpec, results: List[RunResult], workdir: str) -> Plan:
     """What to run next, given the results so far. Cells are visited smallest model first, shortest budget first."""
-    workdir = os.path.abspath(workdir)  # runs are launched from the repository root
+    workdir = os.path.abspath(workdir)  # runs may be launched from another directory
     table = tried_table(results)
     ready, waiting, finished = [], [], {}
     for variant in spec.variants:
@@ -182,13 +188,9 @@ def plan_sweep(spec: SweepSpec, results: List[RunResult], workdir: str) -> Plan:
 
 
 def run_config(spec: SweepSpec, variant: str, epochs: float, lr: float):
-    """The full pretraining config (`PretrainConfig`) of one run; raises ValueError naming a bad field."""
-    from keras_nfnet.training.config import load_config
-
-    base, _, base_overrides = spec.pretrain_config.partition(":")
-    overrides = {**spec.shared, "variant": variant, "epochs": epochs, "base_learning_rate": lr}
-    text = ",".join(filter(None, [base_overrides, ",".join(f"{k}={_fmt(v)}" for k, v in overrides.items())]))
-    return load_config(f"{_repo_path(base)}:{text}")
+    """The full pretraining config (a ConfigDict) of one run; raises ValueError naming a bad field."""
+    return config_lib.load(spec.pretrain_config, **spec.shared, variant=variant, epochs=float(epochs),
+                           base_learning_rate=float(lr))
 
 
 def estimate(spec: SweepSpec) -> List[dict]:
@@ -264,9 +266,9 @@ Launcher = Callable[[PlannedRun, SweepSpec], None]
 
 
 def launch_subprocess(run: PlannedRun, spec: SweepSpec) -> None:
-    """Runs the pretraining trainer for `run` in a child process, its output appended to <run_dir>/train.log.
+    """Runs the pretraining job for `run` in a child process, its output appended to <run_dir>/train.log.
 
-    The trainer resumes from the run's newest checkpoint if there is one. A diverged run (exit status 3) is
+    The job resumes from the run's newest checkpoint if there is one. A diverged run (exit status 3) is
     marked as such and counts as tried; a user error (exit status 2: a bad record, a damaged corpus) is raised as a
     ValueError with the run's one-line message; any other failure stops the sweep with the end of the log.
     """
@@ -275,8 +277,7 @@ def launch_subprocess(run: PlannedRun, spec: SweepSpec) -> None:
     os.makedirs(run.run_dir, exist_ok=True)
     log_path = os.path.join(run.run_dir, "train.log")
     with open(log_path, "a", encoding="utf-8") as log:
-        proc = subprocess.run(run.command(spec, sys.executable), cwd=REPO_ROOT, stdout=log,
-                              stderr=subprocess.STDOUT)
+        proc = subprocess.run(run.command(spec, sys.executable), stdout=log, stderr=subprocess.STDOUT)
     with open(log_path, encoding="utf-8", errors="replace") as f:
         tail = "".join(f.readlines()[-25:])
     if proc.returncode == 3:
@@ -360,10 +361,6 @@ def collect(spec: SweepSpec, workdir: str, log: Callable[[str], None] = print) -
     return added
 
 
-def _repo_path(path: str) -> str:
-    return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO_ROOT, path)
-
-
 def _key(epochs: float) -> float:
     return round(float(epochs), 9)
 
@@ -377,9 +374,7 @@ def _fmt_loss(r: RunResult) -> str:
     return f"{r.heldout_loss:.4f}" if r.ok else "diverged"
 
 
-def format_commands(runs: List[PlannedRun], sweep_arg: str, workdir: str, python: str = "python") -> str:
-    """One cluster job per line (run from the repository root)."""
-    path, sep, overrides = sweep_arg.partition(":")
-    sweep_arg = os.path.abspath(path) + sep + overrides
-    return "\n".join(shlex.join(r.job_command(sweep_arg, os.path.abspath(workdir), python)) for r in runs)
+def format_commands(runs: List[PlannedRun], sweep_args: List[str], workdir: str, python: str = "python") -> str:
+    """One cluster job per line (each runs from any directory where the package is installed)."""
+    return "\n".join(shlex.join(r.job_command(sweep_args, os.path.abspath(workdir), python)) for r in runs)
 

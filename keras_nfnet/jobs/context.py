@@ -1,0 +1,130 @@
+"""What every job shares: the work directory and its saved config, strategy, seeding, compiling a model with the
+Keras workarounds, TensorBoard, the divergence stop and the result file.
+
+Every job writes one `result.json` into its work directory when it completes, with the same top-level fields:
+
+    job              "pretrain" | "finetune" | "evaluate" | "sweep"
+    status           "done" (written only then), or, in the returned dict, "stopped" (max_steps) or "preempted"
+    step, total_steps  training steps done and planned (0 and 0 for an evaluation)
+    seconds          wall time of this process
+    workdir, tensorboard_dir
+    bad_records      split -> {reason: distinct records skipped} under on_bad_record="skip"
+    config           the job's config
+    metrics          the job's own numbers (held-out loss and compute; top-1/top-5; ...)
+
+A run that diverges writes no result (the job raises TrainingDiverged; the apps exit with status 3).
+"""
+import os
+import time
+
+from keras_nfnet.jobs import config as config_lib
+from keras_nfnet.jobs import io
+
+RESULT_FILE = "result.json"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def check_workdir(workdir):
+    """ValueError unless `workdir` can be a work directory (nothing is created)."""
+    if not workdir:
+        raise ValueError("workdir must be a directory path (it holds checkpoints, logs and the result)")
+    if io.exists(workdir) and not io.isdir(workdir):
+        raise ValueError(f"workdir {workdir} exists and is not a directory; choose a directory path")
+
+
+def prepare_workdir(workdir, saved_config, resume_safe, chief=True):
+    """Create `workdir`; a new one gets `saved_config` (dict) as config.json, an existing one must hold a
+    compatible config (ValueError naming the changed fields)."""
+    io.makedirs(workdir)
+    saved = config_lib.read_saved(workdir)
+    if saved is not None:
+        config_lib.check_resume(saved, saved_config, resume_safe)
+    elif chief:
+        io.write_json(io.join(workdir, config_lib.SAVED_CONFIG), saved_config)
+
+
+def make_strategy(config):
+    from keras_nfnet.training import strategy as strategy_lib
+
+    return strategy_lib.make_strategy(config.strategy, config.num_cpu_devices, config.get("tpu_address", ""))
+
+
+def seed(value):
+    """Same initial weights on every replica, host and restart; the data order has its own seed (the sampler)."""
+    import keras
+
+    keras.utils.set_random_seed(value)
+
+
+def compile_model(model, strategy, optimizer, loss, steps_per_execution=1, jit_compile=False, before_build=None):
+    """Compile under the strategy, build the optimizer's variables there, then install the Keras workarounds
+    (keras_nfnet.training.keras_workarounds). `before_build(model)` runs after compile (e.g. SAM)."""
+    from keras_nfnet.training import keras_workarounds
+
+    with strategy.scope():
+        model.compile(optimizer=optimizer, loss=loss, steps_per_execution=steps_per_execution,
+                      jit_compile=keras_workarounds.resolve_jit_compile(strategy, jit_compile))
+        if before_build is not None:
+            before_build(model)
+        optimizer.build(model.trainable_variables)
+    keras_workarounds.apply(model, strategy)
+    return model
+
+
+def tensorboard_writer(workdir, chief=True):
+    """The event writer of the run (a non-chief worker writes to a scratch directory nobody reads)."""
+    import tensorflow as tf
+
+    return tf.summary.create_file_writer(io.join(workdir, TENSORBOARD_DIR if chief else ".tb_worker"))
+
+
+def raise_if_diverged(guard, checkpoints=None, hint=""):
+    """TrainingDiverged when `guard` (a DivergenceGuard) saw a non-finite loss or weights."""
+    from keras_nfnet.training.callbacks import TrainingDiverged
+
+    if guard.diverged is None:
+        return
+    step, what = guard.diverged
+    what = f"the loss became {what}" if isinstance(what, float) else what
+    kept = ""
+    if checkpoints is not None:
+        last = checkpoints.latest_step()
+        kept = (f" The last good checkpoint ({checkpoints.path(last) if last is not None else 'none'}) is "
+                "intact;")
+    raise TrainingDiverged(f"training diverged: {what} at step {step}.{kept} {hint}".rstrip())
+
+
+class Clock:
+    """Wall time of this process, for the result."""
+
+    def __init__(self):
+        self.started = time.time()
+
+    def seconds(self):
+        return round(time.time() - self.started, 1)
+
+
+def result(job, status, workdir, config, metrics, step=0, total_steps=0, seconds=0.0, bad_records=None):
+    """The result dict every job returns (and writes, when done): see the module docstring."""
+    return {"job": job, "status": status, "step": int(step), "total_steps": int(total_steps),
+            "seconds": seconds, "workdir": os.path.abspath(workdir) if not _remote(workdir) else workdir,
+            "tensorboard_dir": io.join(os.path.abspath(workdir) if not _remote(workdir) else workdir,
+                                       TENSORBOARD_DIR),
+            "bad_records": bad_records or {}, "config": config_lib.as_dict(config) if hasattr(config, "to_dict")
+            else config, "metrics": metrics}
+
+
+def write_result(workdir, value, chief=True):
+    if chief:
+        io.write_json(io.join(workdir, RESULT_FILE), value)
+    return value
+
+
+def read_result(workdir):
+    """The result of a completed job in `workdir`, or None."""
+    path = io.join(workdir, RESULT_FILE)
+    return io.read_json(path) if io.exists(path) else None
+
+
+def _remote(path):
+    return "://" in path

@@ -1,0 +1,9 @@
+"""`python trainers/evaluate.py ...` from a checkout is `nfnet-evaluate ...` (keras_nfnet.jobs.evaluate, where the flags are)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from keras_nfnet.jobs.evaluate import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
