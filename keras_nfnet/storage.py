@@ -249,6 +249,8 @@ def fetch_ranges(requests, fs=None):
     concurrently. Paths may be URLs or, with `fs`, already stripped of their scheme."""
     if not requests:
         return []
+    if fs is None and not (is_remote(requests[0][0]) and not _is_gfile(requests[0][0])):
+        return [read_ranges(p, [(o, n)])[0] for p, o, n in requests]  # local files and tf.io.gfile: one by one
     if fs is None:
         fs, _ = _fs(requests[0][0])
         requests = [(fs._strip_protocol(p), o, n) for p, o, n in requests]
