@@ -30,6 +30,11 @@ setuptools.setup(
         "werkzeug",  # HTTP request parsing and routing for the local TF-Serving-compatible server
         "waitress",  # production WSGI server behind it
         "tensorflow-serving-api>=2.20,<2.21",  # PredictionLog protos for TF Serving's warm-up file (matches TF)
+        # Corpora, checkpoints, logs and exports in a bucket (keras_nfnet/storage.py): fsspec, with gcsfs for gs://.
+        # Required rather than an extra: a TPU-pod user's data lives in gs://, and a missing client would only
+        # show up as an error after the job started.
+        "fsspec",
+        "gcsfs",
         "scikit-learn",  # real images that ship in the wheel (digits) for the fine-tuning demo and tests
     ],
     entry_points={
@@ -46,6 +51,7 @@ setuptools.setup(
             "pytest-timeout",
             "jax[cpu]",
             "scikit-image",
+            "gcp-storage-emulator",  # a GCS server on 127.0.0.1 for the remote-storage tests (tests/gcs_emulator.py)
             "packaging",  # version specifiers in tests/test_build_file.py and scripts/lock_requirements.py
         ],
     },

@@ -138,6 +138,10 @@ def use_grouped_conv_form(form):
 def grouped_conv(inputs, kernel, strides, groups, form=None):
     """SAME-padded 2D convolution of NHWC `inputs` with an HWIO `kernel` of `groups` groups (in = kernel in * groups)."""
     if groups == 1:
+        if kernel.shape[0] == kernel.shape[1] == 1 and strides == 1:
+            # A 1x1 convolution is a matmul over channels. As one, its kernel gradient is a matmul too; as a
+            # convolution XLA:CPU computes it as a spatial-window convolution 3-5x slower (docs/performance.md).
+            return ops.matmul(inputs, kernel[0, 0])
         return ops.conv(inputs, kernel, strides=strides, padding="same")
     if kernel.shape[2] == 1:  # one input channel per group: the depthwise kernel, (kh, kw, 1, C*m) -> (kh, kw, C, m)
         kh, kw, _, out = kernel.shape

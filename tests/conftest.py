@@ -31,3 +31,36 @@ if os.environ["KERAS_BACKEND"] == "tensorflow":
         TensorFlow's own test combinations do."""
         compat.advance_collective_keys()
         yield
+
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests import gcs_emulator  # noqa: E402
+
+_gcs_dirs = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """One GCS emulator for the whole session (see tests/gcs_emulator.py)."""
+    with gcs_emulator.Emulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def gcs_dir(gcs_server):
+    """A fresh, empty `gs://` directory on the emulator, for one test."""
+    return f"gs://{gcs_emulator.BUCKET}/t{os.getpid()}-{next(_gcs_dirs)}"
+
+
+@pytest.fixture
+def ram_dir(request):
+    """A fresh `ram://` directory (TensorFlow's in-memory filesystem), removed after the test."""
+    import tensorflow as tf
+
+    path = f"ram://t{os.getpid()}-{next(_gcs_dirs)}"
+    yield path
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)

@@ -95,6 +95,18 @@ def test_grouped_conv_forms_agree_in_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_pointwise_conv_as_matmul_has_the_conv_kernels_gradients(monkeypatch):
+    """1x1 stride-1 convolutions run as a matmul; input and kernel gradients equal the backend's conv kernel's."""
+    layer, x, want = _random_wsconv(1, 1, 1, 7)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), want, rtol=1e-4, atol=1e-4)
+    got = _input_and_kernel_grads(layer, x)
+    monkeypatch.setattr(nf, "grouped_conv", lambda inputs, kernel, strides, groups: keras.ops.conv(
+        inputs, kernel, strides=strides, padding="same"))
+    reference = _input_and_kernel_grads(layer, x)
+    for a, b in zip(got, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def _input_and_kernel_grads(layer, x):
     backend = keras.backend.backend()
     if backend == "tensorflow":

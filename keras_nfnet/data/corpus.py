@@ -14,11 +14,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 
 import numpy as np
 
+from keras_nfnet import storage
 from keras_nfnet.data import records
 
 SCHEMA_VERSION = 1
@@ -127,7 +127,7 @@ class SplitInfo:
     label_frequencies: tuple  # examples carrying each class
 
     def shard_paths(self, corpus_dir):
-        return [os.path.join(corpus_dir, s["file"]) for s in self.shards]
+        return [storage.join(corpus_dir, s["file"]) for s in self.shards]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,14 +162,13 @@ _SHARD_KEYS = ("file", "num_examples", "sha256", "index_sha256")
 def load_metadata(corpus_dir):
     """Read `metadata.json` of a corpus -> CorpusInfo (FileNotFoundError / ValueError naming the file and what is
     wrong with it: not JSON, a missing key, a value of the wrong kind)."""
-    path = os.path.join(corpus_dir, METADATA_FILE)
-    if not os.path.isdir(corpus_dir):
+    path = storage.join(corpus_dir, METADATA_FILE)
+    if not storage.isdir(corpus_dir):
         raise FileNotFoundError(f"corpus directory {corpus_dir} does not exist")
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} is missing: {corpus_dir} is not a corpus (or it was not closed)")
     try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read().decode("utf-8"))
+        meta = json.loads(storage.read_bytes(path).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); rewrite it or rebuild the corpus") from None
     if not isinstance(meta, dict):
@@ -214,7 +213,7 @@ def load_metadata(corpus_dir):
 
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
@@ -223,8 +222,9 @@ def sha256_file(path, chunk=1 << 20):
 class _ShardWriter:
     def __init__(self, path):
         self.path = path
-        self.tmp = path + ".tmp"
-        self.file = open(self.tmp, "wb")
+        # A remote object appears only when its upload completes, so it is written in place.
+        self.tmp = path if storage.is_remote(path) else path + ".tmp"
+        self.file = storage.open(self.tmp, "wb")
         self.hash = hashlib.sha256()
         self.offset = 0
         self.index = []
@@ -240,11 +240,12 @@ class _ShardWriter:
 
     def close(self):
         self.file.close()
-        os.replace(self.tmp, self.path)
+        if self.tmp != self.path:
+            os.replace(self.tmp, self.path)
         index_file = records.write_index(self.path, np.asarray(self.index, dtype=np.int64).reshape(-1, 2))
         ids_file = records.write_ids(self.path, self.ids)
         return {
-            "file": os.path.basename(self.path),
+            "file": storage.basename(self.path),
             "num_examples": len(self.index),
             "sha256": self.hash.hexdigest(),
             "index_sha256": sha256_file(index_file),
@@ -264,6 +265,11 @@ class CorpusWriter:
     renaming that folder to `out_dir` once it is complete (`out_dir` must not exist or be an empty folder). A
     conversion that fails (an exception inside the `with`) removes its folder, so it leaves nothing behind and
     the same command can simply run again; a process killed outright leaves only the hidden folder.
+
+    A remote `out_dir` (a bucket has no rename) is written in place: shards, indexes and id tables first, and
+    `metadata.json` last, so a reader never opens an incomplete corpus (without metadata it is not a corpus). A
+    failed conversion removes what it wrote; one killed outright leaves objects without metadata, which must be
+    removed before the same `out_dir` is used again.
     """
 
     def __init__(self, out_dir, num_classes, class_names=None, multi_label=False, image_format="jpeg",
@@ -279,15 +285,18 @@ class CorpusWriter:
         class_names = [str(c) for c in class_names]
         if len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class_names for num_classes={num_classes}")
-        if os.path.exists(os.path.join(out_dir, METADATA_FILE)):
+        if storage.exists(storage.join(out_dir, METADATA_FILE)):
             raise ValueError(f"{out_dir} already holds a corpus ({METADATA_FILE} exists); choose an empty directory")
-        if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        if storage.exists(out_dir) and (not storage.isdir(out_dir) or storage.listdir(out_dir)):
             raise ValueError(f"{out_dir} exists and is not an empty directory; choose a new or empty directory")
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        os.makedirs(parent, exist_ok=True)
         self.out_dir = out_dir
-        self._staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-",
-                                         dir=parent)
+        if storage.is_remote(out_dir):
+            self._staging = out_dir
+        else:
+            parent = os.path.dirname(os.path.abspath(out_dir))
+            os.makedirs(parent, exist_ok=True)
+            self._staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-",
+                                             dir=parent)
         self.num_classes = num_classes
         self.class_names = class_names
         self.multi_label = bool(multi_label)
@@ -330,7 +339,7 @@ class CorpusWriter:
         shard = self._open.get(split)
         if shard is None:
             number = len(self._shards.setdefault(split, []))
-            shard = self._open[split] = _ShardWriter(os.path.join(self._staging, f"{split}-{number:05d}.tfrecord"))
+            shard = self._open[split] = _ShardWriter(storage.join(self._staging, f"{split}-{number:05d}.tfrecord"))
         shard.write(encode_example(image_bytes, sorted(set(labels)), example_id, image_format), example_id)
         self._formats.add(image_format)
         self._counts[split] = self._counts.get(split, 0) + 1
@@ -344,7 +353,7 @@ class CorpusWriter:
         """Finish open shards, write `metadata.json` and publish the corpus at `out_dir`; returns the metadata's
         path. A corpus with no example is an error (ValueError) and publishes nothing."""
         if self._closed:
-            return os.path.join(self.out_dir, METADATA_FILE)
+            return storage.join(self.out_dir, METADATA_FILE)
         if not self._counts:
             self.abort()
             raise ValueError(f"no example was written: nothing published at {self.out_dir}")
@@ -371,6 +380,10 @@ class CorpusWriter:
                 for split in sorted(self._shards)
             },
         }
+        if storage.is_remote(self.out_dir):  # the metadata, written last, publishes the corpus
+            storage.write_atomic(storage.join(self.out_dir, METADATA_FILE), json.dumps(meta, indent=1))
+            self._closed = True
+            return storage.join(self.out_dir, METADATA_FILE)
         with open(os.path.join(self._staging, METADATA_FILE), "w") as f:
             json.dump(meta, f, indent=1)
         try:  # replaces an empty directory atomically; fails on a non-empty one
@@ -387,7 +400,7 @@ class CorpusWriter:
         for shard in self._open.values():
             shard.file.close()
         self._open = {}
-        shutil.rmtree(self._staging, ignore_errors=True)
+        storage.rmtree(self._staging)
         self._closed = True
 
     def __enter__(self):

@@ -32,6 +32,14 @@ _JPEG_MAGIC, _PNG_MAGIC, _JPEG_END, _PNG_END = (corpus_lib._JPEG_MAGIC, corpus_l
 # The step reader is Python (holds the GIL): one background thread reads ahead; a second one only contends for the
 # GIL (measured 132k vs 109k records/s read-only, benchmarks/bench_input_pipeline.py on 2 cores).
 _READER_THREADS = 1
+# A remote reader's threads mostly wait on the network (the GIL is free meanwhile): this many steps are read at
+# once, each step's records fetched by concurrent range requests, so the stream reads ahead of the model.
+_REMOTE_READER_THREADS = 4
+
+
+def _reader_threads(reader):
+    return _REMOTE_READER_THREADS if reader.remote else _READER_THREADS
+
 _PADDING = b"padding"  # the problem text of eval's padding rows (not bad records)
 _DECODER_REJECTED = b"decoder"  # the problem text of rows whose image TensorFlow's decoder rejected (under "skip")
 
@@ -388,7 +396,7 @@ def train_dataset(corpus_dir, split, global_batch_size, image_size, seed, start_
         bad_record_report = BadRecordReport()
 
     ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
-    ds = ds.map(_make_step_reader(sampler, reader, on_bad_record), num_parallel_calls=_READER_THREADS,
+    ds = ds.map(_make_step_reader(sampler, reader, on_bad_record), num_parallel_calls=_reader_threads(reader),
                 deterministic=True)
     translate = 100.0 * image_size / 224.0  # tf-models' constants are for 224 px; keep them proportional
     cutout = 40.0 * image_size / 224.0
@@ -455,7 +463,7 @@ def eval_dataset(corpus_dir, split, global_batch_size, image_size, input_context
     steps = -(-reader.num_records // global_batch_size)
     ds = tf.data.Dataset.range(steps)
     ds = ds.map(_make_step_reader(sampler, reader, on_bad_record, pad_beyond=reader.num_records),
-                num_parallel_calls=_READER_THREADS, deterministic=True)
+                num_parallel_calls=_reader_threads(reader), deterministic=True)
     ds = _examples_to_batches(ds, builder.per_example, batch, on_bad_record, num_parallel_calls)
     if on_bad_record == "skip":
         ds = ds.map(_report_stage(bad_record_report, reader, info.num_classes))
@@ -474,7 +482,7 @@ def record_batches(corpus_dir, split, global_batch_size, seed, start_step=0, inp
     _, reader = _open_split(corpus_dir, split)
     sampler = StepSampler(reader.num_records, global_batch_size, seed, repeats=repeats, num_hosts=hosts, host=host)
     ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
-    ds = ds.map(_make_step_reader(sampler, reader, "raise"), num_parallel_calls=_READER_THREADS,
+    ds = ds.map(_make_step_reader(sampler, reader, "raise"), num_parallel_calls=_reader_threads(reader),
                 deterministic=True)
     return ds.map(lambda data, position, *_: {"serialized": data, "position": position})
 

@@ -2,8 +2,9 @@
 
 A TFRecord file is a sequence of `uint64 length | uint32 masked_crc32c(length) | payload | uint32
 masked_crc32c(payload)` (little endian). One pass over the headers gives every record's (offset, length); the
-index file stores those pairs so a reader can fetch record i of a shard with one `os.pread`, and so a resumed
-pipeline never has to read (or skip through) records it does not need.
+index file stores those pairs so a reader can fetch record i of a shard with one positioned read (`os.pread`
+locally, an HTTP range request on a bucket), and so a resumed pipeline never has to read (or skip through)
+records it does not need.
 
 Index file layout (`<shard>.index`): little-endian uint64 pairs `(offset, payload_length)`, one per record.
 Id table (`<shard>.ids`, written since the id check was added; optional for older corpora): little-endian int64,
@@ -11,11 +12,16 @@ the `image/id` of each record in order. Reading record i checks that its Example
 shard checks the table's first and last id against the metadata, so a shard (with its index and id table) copied
 over another, two shards swapped, or a duplicated index entry is an error instead of a silent change of the epoch.
 """
+import atexit
 import os
+import shutil
 import struct
+import tempfile
 
 import google_crc32c
 import numpy as np
+
+from keras_nfnet import storage
 
 HEADER_BYTES = 12  # u64 length + u32 crc of the length
 FOOTER_BYTES = 4  # u32 crc of the payload
@@ -68,9 +74,9 @@ def scan_shard(shard_path, check_crc=True, split=None):
     Raises CorruptRecordError naming the shard and record for a truncated file or a bad checksum.
     """
     pairs = []
-    size = os.path.getsize(shard_path)
-    name = place(split, os.path.basename(shard_path))
-    with open(shard_path, "rb") as f:
+    size = storage.size(shard_path)
+    name = place(split, storage.basename(shard_path))
+    with storage.open(shard_path, "rb") as f:
         offset = 0
         while offset < size:
             record = len(pairs)
@@ -91,7 +97,7 @@ def scan_shard(shard_path, check_crc=True, split=None):
                     raise CorruptRecordError(f"{name} record {record}: payload checksum mismatch (CRC-32C: the "
                                              "record's bytes changed)")
             else:
-                f.seek(length + FOOTER_BYTES, os.SEEK_CUR)
+                f.seek(offset + FRAME_BYTES + length)
             pairs.append((offset, length))
             offset += FRAME_BYTES + length
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
@@ -100,32 +106,30 @@ def scan_shard(shard_path, check_crc=True, split=None):
 def write_index(shard_path, index):
     """Write `index` ([n, 2] offsets and lengths) beside the shard, atomically (write then rename)."""
     path = index_path(shard_path)
-    tmp = path + ".tmp"
-    np.asarray(index, dtype="<u8").reshape(-1, 2).tofile(tmp)
-    os.replace(tmp, path)
+    storage.write_atomic(path, np.asarray(index, dtype="<u8").reshape(-1, 2).tobytes())
     return path
 
 
 def write_ids(shard_path, ids):
     """Write the shard's id table (int64 per record) beside it, atomically."""
     path = ids_path(shard_path)
-    np.asarray(ids, dtype="<i8").reshape(-1).tofile(path + ".tmp")
-    os.replace(path + ".tmp", path)
+    storage.write_atomic(path, np.asarray(ids, dtype="<i8").reshape(-1).tobytes())
     return path
 
 
 def read_ids(shard_path):
     """The shard's id table as int64 [n] (memory-mapped), or None when the corpus predates id tables."""
     path = ids_path(shard_path)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return None
-    size = os.path.getsize(path)
+    local = _local_copy(path)
+    size = os.path.getsize(local)
     if size % 8:
-        raise CorruptRecordError(f"id table {os.path.basename(path)} is not a whole number of int64 ids "
+        raise CorruptRecordError(f"id table {storage.basename(path)} is not a whole number of int64 ids "
                                  f"({size} bytes)")
     if size == 0:
         return np.zeros([0], np.int64)
-    return np.memmap(path, dtype="<i8", mode="c", shape=(size // 8,))
+    return np.memmap(local, dtype="<i8", mode="c", shape=(size // 8,))
 
 
 def read_index(shard_path):
@@ -133,16 +137,34 @@ def read_index(shard_path):
     host's memory does not grow with the corpus (16 bytes per record: 64 GB for 4e9 records).
     FileNotFoundError naming the missing index file."""
     path = index_path(shard_path)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"record index {path} is missing (rebuild it with keras_nfnet.data.records.scan_shard)")
-    size = os.path.getsize(path)
+    local = _local_copy(path)
+    size = os.path.getsize(local)
     if size % 16:
-        raise CorruptRecordError(f"record index {os.path.basename(path)} is not a whole number of (offset, length) "
+        raise CorruptRecordError(f"record index {storage.basename(path)} is not a whole number of (offset, length) "
                                  f"pairs ({size} bytes)")
     if size == 0:
         return np.zeros([0, 2], np.int64)
     # Offsets and lengths are < 2**63, so the stored uint64 bits read as int64 unchanged.
-    return np.memmap(path, dtype="<i8", mode="c", shape=(size // 16, 2))
+    return np.memmap(local, dtype="<i8", mode="c", shape=(size // 16, 2))
+
+
+_CACHE = []
+
+
+def _local_copy(path):
+    """`path` itself when local; for a remote index or id table, a copy in this process's temporary cache (removed
+    at exit), so that it is memory-mapped like a local one instead of held in memory."""
+    if not storage.is_remote(path):
+        return path
+    if not _CACHE:
+        _CACHE.append(tempfile.mkdtemp(prefix="nfnet-index-"))
+        atexit.register(shutil.rmtree, _CACHE[0], True)
+    local = tempfile.NamedTemporaryFile(dir=_CACHE[0], suffix="-" + storage.basename(path), delete=False)
+    with local, storage.open(path, "rb") as src:
+        shutil.copyfileobj(src, local, 1 << 22)
+    return local.name
 
 
 _CHECK_CHUNK = 1 << 20  # index entries checked per numpy pass (16 MB), so a huge shard needs no huge array
@@ -153,8 +175,8 @@ def check_index_against_file(shard_path, index, split=None):
     each record starts where the previous one's frame ends (strictly increasing, contiguous with the TFRecord
     framing: a duplicated, reordered, dropped or stale entry breaks this), and the last one ends exactly at the end
     of the file (a truncated or extended shard). About 10 ms per million records."""
-    size = os.path.getsize(shard_path)
-    where = place(split, os.path.basename(shard_path))
+    size = storage.size(shard_path)
+    where = place(split, storage.basename(shard_path))
     end = 0  # where the next record must start
     for start in range(0, len(index), _CHECK_CHUNK):
         rows = np.asarray(index[start:start + _CHECK_CHUNK])
@@ -182,12 +204,13 @@ class RecordReader:
     the index and the payload CRC, so a corrupt or truncated record, or a stale index, is reported with its split,
     shard and record number instead of being parsed as garbage. `ids` (per-shard id tables, or None where a shard
     has none) gives the id each record must carry (`expected_ids`; the pipeline compares it with the parsed one).
-    File descriptors are opened lazily per process.
+    File descriptors are opened lazily per process. Remote shards (a bucket) are read with one concurrent batch of
+    byte-range requests per `read_many` call.
     """
 
     def __init__(self, shard_paths, indexes=None, check_crc=True, max_open_files=256, ids=None, split=None):
         self.shard_paths = list(shard_paths)
-        self.names = [os.path.basename(p) for p in self.shard_paths]
+        self.names = [storage.basename(p) for p in self.shard_paths]
         self.split = split
         # Per-shard [n, 2] (offset, payload_length) arrays; memory-mapped when read from disk.
         self.indexes = [read_index(p) if indexes is None else indexes[i] for i, p in enumerate(self.shard_paths)]
@@ -200,6 +223,8 @@ class RecordReader:
         self.max_open_files = max_open_files  # a corpus may have more shards than the process may open files
         self._fds = {}
         self._pid = None
+        self.remote = any(storage.is_remote(p) for p in self.shard_paths)
+        self._sizes = [None] * len(self.shard_paths)  # remote shards' sizes, looked up once
 
     def locate(self, record):
         """Global record number -> (shard number, record number within the shard)."""
@@ -243,18 +268,23 @@ class RecordReader:
         """
         recs = np.asarray(recs, dtype=np.int64)
         shards, offsets, lengths = self._lookup(recs)
+        shards, offsets, lengths = shards.tolist(), offsets.tolist(), lengths.tolist()
+        frames = self._fetch(shards, offsets, lengths) if self.remote else None
         payloads, errors = [], {}
         check, crc = self.check_crc, masked_crc32c
         if self._pid != os.getpid():  # a forked child must not share the parent's descriptors
             self._fds, self._pid = {}, os.getpid()
         fds = self._fds
-        for i, (shard, offset, length) in enumerate(zip(shards.tolist(), offsets.tolist(), lengths.tolist())):
-            fd = fds.get(shard)
-            if fd is None:
-                if len(fds) >= self.max_open_files:  # close the longest-open descriptor
-                    os.close(fds.pop(next(iter(fds))))
-                fd = fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
-            data = os.pread(fd, length + FRAME_BYTES, offset)
+        for i, (shard, offset, length) in enumerate(zip(shards, offsets, lengths)):
+            if frames is not None:
+                data = frames[i]
+            else:
+                fd = fds.get(shard)
+                if fd is None:
+                    if len(fds) >= self.max_open_files:  # close the longest-open descriptor
+                        os.close(fds.pop(next(iter(fds))))
+                    fd = fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
+                data = os.pread(fd, length + FRAME_BYTES, offset)
             payload = data[HEADER_BYTES:HEADER_BYTES + length]
             # The length field is compared with the index's (a stale index), then the payload CRC.
             if (len(data) != length + FRAME_BYTES or int.from_bytes(data[:8], "little") != length
@@ -267,6 +297,21 @@ class RecordReader:
                 payload = b""
             payloads.append(payload)
         return payloads, errors
+
+    def _fetch(self, shards, offsets, lengths):
+        """Frames of a remote batch: every range requested at once (one concurrent batch of HTTP range requests,
+        so a step costs about one round trip, not one per record). A range past the end of an object comes back
+        short (the truncation check reports it)."""
+        sizes = self._sizes
+        requests = []
+        for shard, offset, length in zip(shards, offsets, lengths):
+            if sizes[shard] is None:
+                sizes[shard] = storage.size(self.shard_paths[shard])
+            end = min(offset + length + FRAME_BYTES, sizes[shard])
+            requests.append((self.shard_paths[shard], offset, max(end - offset, 0)))
+        nonempty = [r for r in requests if r[2] > 0]
+        got = iter(storage.fetch_ranges(nonempty))
+        return [next(got) if r[2] > 0 else b"" for r in requests]
 
     def _lookup(self, recs):
         """(shards, offsets, payload lengths) of global record numbers: one index gather per shard touched."""

@@ -12,10 +12,9 @@ When what is checked (see docs/data.md, "Bad data"):
   inspect_corpus  all of the above plus a CRC scan of every record, id uniqueness, label frequencies, and (--deep)
                   every image decoded
 """
-import os
-
 import numpy as np
 
+from keras_nfnet import storage
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import records
 
@@ -50,11 +49,11 @@ def open_split(info, split):
     split_info = info.split(split)
     paths, indexes, ids = [], [], []
     for shard in split_info.shards:
-        path = os.path.join(info.directory, shard["file"])
+        path = storage.join(info.directory, shard["file"])
         label = _shard_label(split, shard)
         for needed in (path, records.index_path(path)):
-            if not os.path.exists(needed):
-                raise FileNotFoundError(f"{label}: {os.path.basename(needed)} is missing from {info.directory}")
+            if not storage.exists(needed):
+                raise FileNotFoundError(f"{label}: {storage.basename(needed)} is missing from {info.directory}")
         index = records.read_index(path)
         if len(index) != int(shard["num_examples"]):
             raise records.CorruptRecordError(f"{label}: its index lists {len(index)} records, the metadata says "
@@ -62,7 +61,7 @@ def open_split(info, split):
         records.check_index_against_file(path, index, split)
         table = records.read_ids(path)
         if table is None and "ids_sha256" in shard:
-            raise FileNotFoundError(f"{label}: id table {os.path.basename(records.ids_path(path))} is missing")
+            raise FileNotFoundError(f"{label}: id table {storage.basename(records.ids_path(path))} is missing")
         if table is not None:
             if len(table) != len(index):
                 raise records.CorruptRecordError(f"{label}: its id table lists {len(table)} ids, its index "
@@ -90,7 +89,7 @@ def verify_checksums(info, splits, progress=None):
     hashed = 0
     for split in splits:
         for shard in info.split(split).shards:
-            path = os.path.join(info.directory, shard["file"])
+            path = storage.join(info.directory, shard["file"])
             label = _shard_label(split, shard)
             if progress:
                 progress(f"verifying checksums of {label}")
@@ -99,10 +98,10 @@ def verify_checksums(info, splits, progress=None):
             for file, key, what in files:
                 if key not in shard:
                     continue  # a corpus written before id tables
-                if not os.path.exists(file):
-                    raise FileNotFoundError(f"{label}: {what} file {os.path.basename(file)} is missing")
+                if not storage.exists(file):
+                    raise FileNotFoundError(f"{label}: {what} file {storage.basename(file)} is missing")
                 digest = corpus_lib.sha256_file(file)
-                hashed += os.path.getsize(file)
+                hashed += storage.size(file)
                 if digest == shard[key]:
                     continue
                 detail = ""
@@ -137,16 +136,16 @@ def verify(corpus_dir, deep=False, progress=None):
         count = 0
         freq = np.zeros(info.num_classes, np.int64)
         for shard in split.shards:
-            path = os.path.join(corpus_dir, shard["file"])
+            path = storage.join(corpus_dir, shard["file"])
             label = f"split {name} shard {shard['file']}"
             if progress:
                 progress(f"verifying {label}")
-            if not os.path.exists(path):
+            if not storage.exists(path):
                 problems.append(f"{label}: file missing")
                 continue
             for file, key, what in ((path, "sha256", "shard"), (records.index_path(path), "index_sha256", "index"),
                                     (records.ids_path(path), "ids_sha256", "id table")):
-                if key in shard and not os.path.exists(file):
+                if key in shard and not storage.exists(file):
                     problems.append(f"{label}: {what} file missing")
                 elif key in shard and corpus_lib.sha256_file(file) != shard[key]:
                     problems.append(f"{label}: {what} sha256 does not match the metadata")

@@ -8,7 +8,13 @@ also holds them: a resumed run draws the same masks as an uninterrupted one.
 
 A directory named `ckpt-<step>` is complete by construction (rename is atomic on POSIX), so a process killed at
 any instant leaves either the previous set of checkpoints or the previous set plus one complete new one. Only the
-last `keep` are kept. Resuming reads the step from `optimizer.iterations` (the step the optimizer has applied)
+last `keep` are kept.
+
+In a bucket (`gs://...`: no rename) a checkpoint is written in place, its files first and a small marker object,
+`COMMITTED`, last (one object put is atomic); a `ckpt-<step>` without the marker is a write that was cut short:
+readers ignore it, and the next writer removes it. Pruning deletes the marker first, so a half-deleted checkpoint
+is never taken for a complete one. Setting a damaged checkpoint aside copies it to `damaged-ckpt-<step>` and then
+deletes it (marker first). Resuming reads the step from `optimizer.iterations` (the step the optimizer has applied)
 and checks it against state.json.
 
 A checkpoint that fails to load (weights file truncated or corrupt, state.json missing or unreadable, a step that
@@ -26,10 +32,13 @@ import shutil
 
 import numpy as np
 
+from keras_nfnet import storage
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
+COMMIT_FILE = "COMMITTED"  # written last into a remote checkpoint: it is complete
 DAMAGED_PREFIX = "damaged-"
 _NAME = re.compile(r"^ckpt-(\d+)$")
 
@@ -59,6 +68,21 @@ def _rng_variables(model):
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
+def _state_json(model, step, state):
+    # In model order: generator names depend on how many were created before in the process.
+    rng = [np.asarray(v.numpy()).tolist() for v in _rng_variables(model)]
+    return json.dumps(dict(state, step=int(step), rng=rng), indent=1, sort_keys=True)
+
+
+def local_weights(path):
+    """A local file holding the weights file `path` (itself when local; a temporary copy, removed at exit, when
+    remote): Keras reads .weights.h5 with h5py, which needs a local file."""
+    if not storage.is_remote(path):
+        return path
+    local = os.path.join(storage.fetch_dir(storage.dirname(path)), storage.basename(path))
+    return local
+
+
 def _fsync_file(path):
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
@@ -79,29 +103,31 @@ class CheckpointManager:
         self.directory = directory
         self.keep = keep
         self.write = write
+        self.remote = storage.is_remote(directory)
         if write:
-            os.makedirs(directory, exist_ok=True)
+            storage.makedirs(directory)
             self._remove_partial()
 
     def _remove_partial(self):
-        # Leftovers of a write that was killed before its rename.
-        for name in os.listdir(self.directory):
-            if name.startswith(".tmp-"):
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        # Leftovers of a write that was killed before its rename (local) or before its marker (remote).
+        for name in storage.listdir(self.directory) if storage.isdir(self.directory) else []:
+            if name.startswith(".tmp-") or (self.remote and _NAME.match(name) and not self._committed(name)):
+                storage.rmtree(storage.join(self.directory, name))
+
+    def _committed(self, name):
+        """Whether checkpoint directory `name` is complete: renamed into place (local), marker written (remote)."""
+        return storage.exists(storage.join(self.directory, name, COMMIT_FILE if self.remote else STATE_FILE))
+
+    def _names(self):
+        return storage.listdir(self.directory) if storage.isdir(self.directory) else []
 
     def steps(self):
         """Steps of the complete checkpoints, oldest first."""
-        if not os.path.isdir(self.directory):
-            return []
-        found = []
-        for name in os.listdir(self.directory):
-            m = _NAME.match(name)
-            if m and os.path.exists(os.path.join(self.directory, name, STATE_FILE)):
-                found.append(int(m.group(1)))
-        return sorted(found)
+        return sorted(int(m.group(1)) for name in self._names()
+                      if (m := _NAME.match(name)) and self._committed(name))
 
     def path(self, step):
-        return os.path.join(self.directory, f"ckpt-{step:09d}")
+        return storage.join(self.directory, f"ckpt-{step:09d}")
 
     def latest_step(self):
         steps = self.steps()
@@ -112,6 +138,8 @@ class CheckpointManager:
         if not self.write:
             return None
         final = self.path(step)
+        if self.remote:
+            return self._save_remote(model, step, state, final)
         if os.path.exists(final):
             return final
         tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-ckpt-{step:09d}")
@@ -121,9 +149,7 @@ class CheckpointManager:
         model.save_weights(weights)
         _fsync_file(weights)
         with open(os.path.join(tmp, STATE_FILE), "w") as f:
-            # In model order: generator names depend on how many were created before in the process.
-            rng = [np.asarray(v.numpy()).tolist() for v in _rng_variables(model)]
-            json.dump(dict(state, step=int(step), rng=rng), f, indent=1, sort_keys=True)
+            f.write(_state_json(model, step, state))
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -132,25 +158,42 @@ class CheckpointManager:
         self.prune()
         return final
 
+    def _save_remote(self, model, step, state, final):
+        if storage.exists(storage.join(final, COMMIT_FILE)):
+            return final
+        storage.rmtree(final)  # an uncommitted write of the same step
+        with storage.staged_dir(final) as local:  # Keras writes .weights.h5 to a local file; uploaded on exit
+            model.save_weights(os.path.join(local, WEIGHTS_FILE))
+        storage.write_atomic(storage.join(final, STATE_FILE), _state_json(model, step, state))
+        storage.write_atomic(storage.join(final, COMMIT_FILE), json.dumps({"step": int(step)}))
+        self.prune()
+        return final
+
+    def _delete(self, path):
+        if self.remote:  # the marker first: a half-deleted checkpoint must not look complete
+            marker = storage.join(path, COMMIT_FILE)
+            if storage.exists(marker):
+                storage.remove(marker)
+        storage.rmtree(path)
+
     def prune(self):
         for step in self.steps()[:-self.keep]:
-            shutil.rmtree(self.path(step), ignore_errors=True)
+            self._delete(self.path(step))
 
     def read_state(self, step):
-        with open(os.path.join(self.path(step), STATE_FILE)) as f:
-            return json.load(f)
+        return json.loads(storage.read_text(storage.join(self.path(step), STATE_FILE)))
 
     def all_steps(self):
-        """Steps of every directory named ckpt-<step>, complete or not, newest first."""
-        if not os.path.isdir(self.directory):
-            return []
-        return sorted((int(m.group(1)) for m in map(_NAME.match, os.listdir(self.directory)) if m), reverse=True)
+        """Steps of every directory named ckpt-<step>, newest first: complete or not locally (a damaged one is
+        reported); in a bucket only committed ones (an uncommitted one is a write in progress or cut short)."""
+        return sorted((int(m.group(1)) for name in self._names()
+                       if (m := _NAME.match(name)) and (not self.remote or self._committed(name))), reverse=True)
 
     def _load(self, model, step):
         """Load checkpoint `step` into `model`; _Damaged(reason) when it cannot be used."""
         path = self.path(step)
         for name in (WEIGHTS_FILE, STATE_FILE):
-            if not os.path.isfile(os.path.join(path, name)):
+            if not storage.exists(storage.join(path, name)) or storage.isdir(storage.join(path, name)):
                 raise _Damaged(f"{name} is missing")
         try:
             state = self.read_state(step)
@@ -159,7 +202,7 @@ class CheckpointManager:
         except (OSError, ValueError) as err:
             raise _Damaged(f"{STATE_FILE} is unreadable ({err})") from None
         try:
-            model.load_weights(os.path.join(path, WEIGHTS_FILE))
+            model.load_weights(local_weights(storage.join(path, WEIGHTS_FILE)))
         except Exception as err:  # noqa: BLE001 - h5py/Keras raise many kinds for a damaged file
             raise _Damaged(f"{WEIGHTS_FILE} does not load ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
@@ -177,10 +220,17 @@ class CheckpointManager:
 
     def set_aside(self, step):
         """Rename checkpoint `step` to damaged-ckpt-<step>[-N] (kept, never pruned); returns the new path."""
-        target = os.path.join(self.directory, DAMAGED_PREFIX + os.path.basename(self.path(step)))
+        target = storage.join(self.directory, DAMAGED_PREFIX + storage.basename(self.path(step)))
         candidate, n = target, 1
-        while os.path.exists(candidate):
+        while storage.exists(candidate):
             candidate, n = f"{target}-{n}", n + 1
+        if self.remote:
+            source = self.path(step)
+            for name in storage.listdir(source):
+                if name != COMMIT_FILE:
+                    storage.write_bytes(storage.join(candidate, name), storage.read_bytes(storage.join(source, name)))
+            self._delete(source)
+            return candidate
         os.rename(self.path(step), candidate)
         _fsync_dir(self.directory)
         return candidate

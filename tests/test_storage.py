@@ -1,0 +1,139 @@
+"""keras_nfnet.storage: every function against a local directory, a GCS emulator over HTTP on 127.0.0.1 (gcsfs)
+and TensorFlow's ram:// filesystem (tf.io.gfile). Expected values come from Python itself (bytes slicing, the
+names written), and objects written to the emulator are read back over its HTTP API without gcsfs."""
+import json
+import os
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from keras_nfnet import storage
+from tests import gcs_emulator
+
+
+@pytest.fixture(params=["local", "gcs", "ram"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return request.getfixturevalue("gcs_dir" if request.param == "gcs" else "ram_dir")
+
+
+def _emulator_object(server, path):
+    """Bytes of gs://BUCKET/<name> fetched with a plain HTTP GET of GCS's JSON API (no gcsfs involved)."""
+    name = path.split(f"gs://{gcs_emulator.BUCKET}/", 1)[1]
+    url = f"{server.host}/storage/v1/b/{gcs_emulator.BUCKET}/o/{urllib.parse.quote(name, safe='')}?alt=media"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def test_paths():
+    assert not storage.is_remote("/tmp/x") and not storage.is_remote("relative/dir")
+    assert storage.is_remote("gs://b/x") and storage.is_remote("ram://x") and storage.is_remote("memory://x")
+    assert storage.join("gs://b/run", "ckpt", "a.h5") == "gs://b/run/ckpt/a.h5"
+    assert storage.join("/tmp", "a") == os.path.join("/tmp", "a")
+    assert storage.basename("gs://b/run/") == "run" and storage.dirname("gs://b/run/x") == "gs://b/run"
+
+
+def test_files_and_directories(root):
+    storage.makedirs(storage.join(root, "sub", "deeper"))
+    storage.write_bytes(storage.join(root, "a.bin"), b"\x00\x01binary")
+    storage.write_text(storage.join(root, "b.json"), '{"k": "välue"}')
+    with storage.open(storage.join(root, "sub", "deeper", "c.txt"), "w") as f:
+        f.write("line1\n")
+        f.write("line2\n")
+    with storage.open(storage.join(root, "sub", "d.tfrecord"), "wb") as f:
+        f.write(b"xyz")
+
+    assert storage.read_bytes(storage.join(root, "a.bin")) == b"\x00\x01binary"
+    assert json.loads(storage.read_text(storage.join(root, "b.json"))) == {"k": "välue"}
+    with storage.open(storage.join(root, "sub", "deeper", "c.txt"), "r") as f:
+        assert f.read().splitlines() == ["line1", "line2"]
+    with storage.open(storage.join(root, "sub", "d.tfrecord"), "rb") as f:
+        assert f.read() == b"xyz"
+    assert storage.size(storage.join(root, "a.bin")) == 8
+
+    assert storage.exists(root) and storage.isdir(root)
+    assert storage.exists(storage.join(root, "a.bin")) and not storage.isdir(storage.join(root, "a.bin"))
+    assert storage.isdir(storage.join(root, "sub"))
+    assert not storage.exists(storage.join(root, "missing")) and not storage.isdir(storage.join(root, "missing"))
+    assert storage.listdir(root) == ["a.bin", "b.json", "sub"]
+    assert storage.listdir(storage.join(root, "sub")) == ["d.tfrecord", "deeper"]
+    with pytest.raises(FileNotFoundError):
+        storage.listdir(storage.join(root, "missing"))
+    assert storage.glob(storage.join(root, "*.bin")) == [storage.join(root, "a.bin")]
+    assert storage.glob(storage.join(root, "sub", "*.tfrecord")) == [storage.join(root, "sub", "d.tfrecord")]
+    assert storage.glob(storage.join(root, "*.none")) == []
+
+    storage.remove(storage.join(root, "a.bin"))
+    assert not storage.exists(storage.join(root, "a.bin"))
+    storage.rmtree(storage.join(root, "sub"))
+    assert not storage.exists(storage.join(root, "sub", "d.tfrecord")) and storage.listdir(root) == ["b.json"]
+    storage.rmtree(storage.join(root, "never-there"))  # no error
+    with pytest.raises(ValueError, match="modes"):
+        storage.open(storage.join(root, "b.json"), "a")
+
+
+def test_write_atomic_replaces_whole_file(root):
+    storage.makedirs(root)
+    path = storage.join(root, "state.json")
+    storage.write_atomic(path, "first version")
+    storage.write_atomic(path, b"second")
+    assert storage.read_bytes(path) == b"second"
+    assert storage.listdir(root) == ["state.json"]  # no temporary left behind
+
+
+def test_read_ranges_match_slices(root):
+    storage.makedirs(root)
+    data = bytes(range(256)) * 300
+    path = storage.join(root, "shard.bin")
+    storage.write_bytes(path, data)
+    ranges = [(0, 16), (70_000, 1000), (5, 0), (76_700, 100), (123, 4567), (0, 16)]
+    assert storage.read_ranges(path, ranges) == [data[o:o + n] for o, n in ranges]
+    assert storage.read_ranges(path, []) == []
+
+
+def test_staged_dir_uploads_on_sync_and_exit(root):
+    stage = storage.staged_dir(storage.join(root, "logs"))
+    with stage as local:
+        assert not storage.is_remote(local) and os.path.isdir(local)
+        with open(os.path.join(local, "events.1"), "wb") as f:
+            f.write(b"A")
+        stage.sync()
+        assert storage.read_bytes(storage.join(root, "logs", "events.1")) == b"A"
+        with open(os.path.join(local, "events.1"), "ab") as f:
+            f.write(b"B")
+        os.makedirs(os.path.join(local, "train"))
+        with open(os.path.join(local, "train", "events.2"), "wb") as f:
+            f.write(b"C")
+    assert storage.read_bytes(storage.join(root, "logs", "events.1")) == b"AB"
+    assert storage.read_bytes(storage.join(root, "logs", "train", "events.2")) == b"C"
+    if storage.is_remote(root):
+        assert not os.path.exists(local)  # the temporary copy is gone
+
+    with pytest.raises(RuntimeError):
+        with storage.staged_dir(storage.join(root, "failed")) as local:
+            with open(os.path.join(local, "half"), "wb") as f:
+                f.write(b"x")
+            raise RuntimeError("writer failed")
+    if storage.is_remote(root):
+        assert not storage.exists(storage.join(root, "failed", "half"))
+
+
+def test_fetch_dir_copies_tree(root):
+    storage.write_bytes(storage.join(root, "model", "saved_model.pb"), b"pb")
+    storage.write_bytes(storage.join(root, "model", "variables", "variables.index"), b"idx")
+    local = storage.fetch_dir(storage.join(root, "model"))
+    assert not storage.is_remote(local)
+    with open(os.path.join(local, "saved_model.pb"), "rb") as f:
+        assert f.read() == b"pb"
+    with open(os.path.join(local, "variables", "variables.index"), "rb") as f:
+        assert f.read() == b"idx"
+    with pytest.raises(FileNotFoundError):
+        storage.fetch_dir(storage.join(root, "absent"))
+
+
+def test_gcs_objects_are_on_the_emulator(gcs_server, gcs_dir):
+    """What storage writes to gs:// is an object on the HTTP server, readable by a plain GET."""
+    storage.write_atomic(storage.join(gcs_dir, "x", "marker.json"), '{"ok": 1}')
+    assert _emulator_object(gcs_server, storage.join(gcs_dir, "x", "marker.json")) == b'{"ok": 1}'
