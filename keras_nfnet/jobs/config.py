@@ -13,11 +13,12 @@ with its own values. Each job then validates the whole config before any work, r
 computed must match; the job names the fields that only change how or how often things happen.
 """
 import importlib.util
+import json
 import os
 
 import ml_collections
 
-from keras_nfnet.jobs import io
+from keras_nfnet import storage
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SAVED_CONFIG = "config.json"
@@ -124,5 +125,5 @@ def check_resume(saved, current, resume_safe):
 
 def read_saved(workdir):
     """The config a workdir's run started with (dict), or None for a new workdir."""
-    path = io.join(workdir, SAVED_CONFIG)
-    return io.read_json(path) if io.exists(path) else None
+    path = storage.join(workdir, SAVED_CONFIG)
+    return json.loads(storage.read_text(path)) if storage.exists(path) else None

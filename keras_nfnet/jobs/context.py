@@ -14,11 +14,12 @@ Every job writes one `result.json` into its work directory when it completes, wi
 
 A run that diverges writes no result (the job raises TrainingDiverged; the apps exit with status 3).
 """
+import json
 import os
 import time
 
+from keras_nfnet import storage
 from keras_nfnet.jobs import config as config_lib
-from keras_nfnet.jobs import io
 
 RESULT_FILE = "result.json"
 TENSORBOARD_DIR = "tensorboard"
@@ -28,19 +29,19 @@ def check_workdir(workdir):
     """ValueError unless `workdir` can be a work directory (nothing is created)."""
     if not workdir:
         raise ValueError("workdir must be a directory path (it holds checkpoints, logs and the result)")
-    if io.exists(workdir) and not io.isdir(workdir):
+    if storage.exists(workdir) and not storage.isdir(workdir):
         raise ValueError(f"workdir {workdir} exists and is not a directory; choose a directory path")
 
 
 def prepare_workdir(workdir, saved_config, resume_safe, chief=True):
     """Create `workdir`; a new one gets `saved_config` (dict) as config.json, an existing one must hold a
     compatible config (ValueError naming the changed fields)."""
-    io.makedirs(workdir)
+    storage.makedirs(workdir)
     saved = config_lib.read_saved(workdir)
     if saved is not None:
         config_lib.check_resume(saved, saved_config, resume_safe)
     elif chief:
-        io.write_json(io.join(workdir, config_lib.SAVED_CONFIG), saved_config)
+        write_json(storage.join(workdir, config_lib.SAVED_CONFIG), saved_config)
 
 
 def make_strategy(config):
@@ -75,7 +76,7 @@ def tensorboard_writer(workdir, chief=True):
     """The event writer of the run (a non-chief worker writes to a scratch directory nobody reads)."""
     import tensorflow as tf
 
-    return tf.summary.create_file_writer(io.join(workdir, TENSORBOARD_DIR if chief else ".tb_worker"))
+    return tf.summary.create_file_writer(storage.join(workdir, TENSORBOARD_DIR if chief else ".tb_worker"))
 
 
 def raise_if_diverged(guard, checkpoints=None, hint=""):
@@ -106,25 +107,30 @@ class Clock:
 
 def result(job, status, workdir, config, metrics, step=0, total_steps=0, seconds=0.0, bad_records=None):
     """The result dict every job returns (and writes, when done): see the module docstring."""
+    workdir = absolute(workdir)
     return {"job": job, "status": status, "step": int(step), "total_steps": int(total_steps),
-            "seconds": seconds, "workdir": os.path.abspath(workdir) if not _remote(workdir) else workdir,
-            "tensorboard_dir": io.join(os.path.abspath(workdir) if not _remote(workdir) else workdir,
-                                       TENSORBOARD_DIR),
+            "seconds": seconds, "workdir": workdir, "tensorboard_dir": storage.join(workdir, TENSORBOARD_DIR),
             "bad_records": bad_records or {}, "config": config_lib.as_dict(config) if hasattr(config, "to_dict")
             else config, "metrics": metrics}
 
 
 def write_result(workdir, value, chief=True):
     if chief:
-        io.write_json(io.join(workdir, RESULT_FILE), value)
+        write_json(storage.join(workdir, RESULT_FILE), value)
     return value
 
 
 def read_result(workdir):
     """The result of a completed job in `workdir`, or None."""
-    path = io.join(workdir, RESULT_FILE)
-    return io.read_json(path) if io.exists(path) else None
+    path = storage.join(workdir, RESULT_FILE)
+    return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
 
-def _remote(path):
-    return "://" in path
+def write_json(path, value):
+    """Written atomically: a reader never sees a partial file."""
+    storage.write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
+
+
+def absolute(path):
+    """A local path made absolute; a URL as it is."""
+    return path if storage.is_remote(path) else os.path.abspath(path)

@@ -8,8 +8,7 @@ a .keras file, a preset). The evaluation view is the model's own (NFNet's `eval_
 as fine-tuning stored them) unless the config sets it. The result (`result.json`, keras_nfnet.jobs.context) holds
 top1, top5, loss and the examples counted.
 """
-import os
-
+from keras_nfnet import storage
 from keras_nfnet.jobs import config as config_lib
 from keras_nfnet.jobs import context
 from keras_nfnet.jobs import defaults
@@ -82,9 +81,9 @@ def validate(config):
     if not problems:
         if not config.model:
             problems.append("model is not set (" + sources.KINDS + ")")
-        elif not os.path.exists(config.model):
+        elif not storage.exists(config.model):
             problems.append(f"model {config.model} does not exist")
-        if not config.corpus or not os.path.isfile(os.path.join(config.corpus, corpus_lib.METADATA_FILE)):
+        if not config.corpus or not storage.exists(storage.join(config.corpus, corpus_lib.METADATA_FILE)):
             problems.append(f"corpus must be a corpus directory holding {corpus_lib.METADATA_FILE}; got "
                             f"{config.corpus!r}")
         if config.image_size < 0 or config.batch_size < 1:
@@ -105,7 +104,7 @@ def evaluate(config, workdir):
     from keras_nfnet.data import corpus as corpus_lib
     from keras_nfnet.data import pipeline
     from keras_nfnet.data import verify
-    from keras_nfnet.jobs import io, sources
+    from keras_nfnet.jobs import sources
 
     clock = context.Clock()
     validate(config)
@@ -125,7 +124,7 @@ def evaluate(config, workdir):
     metrics.update(split=split, image_size=int(image_size), variant=model.variant,
                    crop_fraction=getattr(model, "crop_fraction", None) if crop_fraction == _MODEL_VIEW
                    else crop_fraction)
-    io.makedirs(workdir)
+    storage.makedirs(workdir)
     result = context.result("evaluate", "done", workdir, config, metrics, seconds=clock.seconds(),
                             bad_records={split: report.counts()} if report is not None else {})
     return context.write_result(workdir, result)
@@ -138,7 +137,7 @@ def _main(argv):
     result = evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     m = result["metrics"]
     print(f"{m['split']} ({m['examples']} images, {m['image_size']} px): top-1 {m['top1']:.4f} top-5 "
-          f"{m['top5']:.4f} loss {m['loss']:.4f}; result in {os.path.join(result['workdir'], context.RESULT_FILE)}",
+          f"{m['top5']:.4f} loss {m['loss']:.4f}; result in {storage.join(result['workdir'], context.RESULT_FILE)}",
           flush=True)
     return 0
 

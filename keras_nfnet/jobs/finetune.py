@@ -27,7 +27,7 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_nfnet import architectures
+from keras_nfnet import architectures, storage
 from keras_nfnet.jobs import config as config_lib
 from keras_nfnet.jobs import context
 from keras_nfnet.jobs import defaults
@@ -47,7 +47,7 @@ def validate(config):
     problems = config_lib.check_fields(config, defaults.finetune())
     if problems:
         raise ValueError("bad fine-tuning config:\n  - " + "\n  - ".join(problems))
-    if not config.corpus or not os.path.isfile(os.path.join(config.corpus, corpus_lib.METADATA_FILE)):
+    if not config.corpus or not storage.exists(storage.join(config.corpus, corpus_lib.METADATA_FILE)):
         problems.append(f"corpus must be a corpus directory holding {corpus_lib.METADATA_FILE}; got {config.corpus!r}")
     if config.source and config.from_scratch:
         problems.append(f"give either source ({config.source!r}) or from_scratch, not both")
@@ -57,7 +57,7 @@ def validate(config):
     if config.from_scratch and config.variant not in architectures.known_names():
         problems.append(f"training from scratch needs variant, one of {architectures.known_names()}; got "
                         f"{config.variant!r}")
-    if config.source and not os.path.exists(config.source):
+    if config.source and not storage.exists(config.source):
         problems.append(f"source {config.source} does not exist (a pretrain workdir, a checkpoint directory, a "
                         ".keras file or a preset directory)")
     for name in ("image_size", "eval_image_size", "eval_batch_size"):
@@ -158,7 +158,6 @@ def finetune(config, workdir, strategy=None):
     from keras_nfnet.data import pipeline
     from keras_nfnet.data import preprocess
     from keras_nfnet.data import verify
-    from keras_nfnet.jobs import io
     from keras_nfnet.losses import recipe_loss
     from keras_nfnet.optimizers import nfnet_optimizer
     from keras_nfnet.sam import enable_sam
@@ -174,7 +173,7 @@ def finetune(config, workdir, strategy=None):
         verify.open_split(info, split).close()
     if config.verify_checksums:
         verify.verify_checksums(info, [config.train_split, eval_split])
-    io.makedirs(workdir)
+    storage.makedirs(workdir)
     reports = ({"train": pipeline.BadRecordReport(), "eval": pipeline.BadRecordReport()}
                if config.on_bad_record == "skip" else {})
     if strategy is None:
@@ -255,12 +254,14 @@ def finetune(config, workdir, strategy=None):
             evaluated["ema"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
                                              on_bad_record=config.on_bad_record,
                                              bad_record_report=reports.get("eval"))
-            model.save(os.path.join(workdir, "model_ema.keras"))
+            with storage.staged_dir(workdir) as local:  # Keras writes .keras files locally; uploaded on exit
+                model.save(os.path.join(local, "model_ema.keras"))
             for variable, value in zip(model.trainable_variables, final.values):
                 variable.assign(value)
         evaluated["raw"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
                                          on_bad_record=config.on_bad_record, bad_record_report=reports.get("eval"))
-        model.save(os.path.join(workdir, "model.keras"))
+        with storage.staged_dir(workdir) as local:
+            model.save(os.path.join(local, "model.keras"))
         best = max(evaluated, key=lambda k: evaluated[k]["top1"])
         metrics = {
             "top1": evaluated["raw"]["top1"], "top5": evaluated["raw"]["top5"],
@@ -268,7 +269,7 @@ def finetune(config, workdir, strategy=None):
             "top5_ema": evaluated["ema"]["top5"] if config.ema else None,
             "eval_loss": evaluated["raw"]["loss"], "eval_examples": evaluated["raw"]["examples"],
             "best_weights": best,
-            "best_model": os.path.join(os.path.abspath(workdir), "model.keras" if best == "raw" else
+            "best_model": storage.join(context.absolute(workdir), "model.keras" if best == "raw" else
                                        "model_ema.keras"),
             "variant": variant, "source": config.source or None, "from_scratch": pretrained is None,
             "eval_split": eval_split, "image_size": image_size, "eval_image_size": eval_size,
@@ -293,7 +294,7 @@ def finetune(config, workdir, strategy=None):
            f"{crop_fraction:g}): top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f}"
     if config.ema:
         line += f"; EMA top-1 {metrics['top1_ema']:.4f} top-5 {metrics['top5_ema']:.4f}"
-    print(line + f"; result in {os.path.join(workdir, context.RESULT_FILE)}", flush=True)
+    print(line + f"; result in {storage.join(workdir, context.RESULT_FILE)}", flush=True)
     return result
 
 

@@ -23,10 +23,9 @@ is checked: the cheap every-open checks and, at this first open, the SHA-256 of 
 import hashlib
 import logging
 import math
-import os
 import time
 
-from keras_nfnet import architectures
+from keras_nfnet import architectures, storage
 from keras_nfnet.jobs import context
 from keras_nfnet.jobs import defaults
 from keras_nfnet.jobs import config as config_lib
@@ -101,7 +100,7 @@ def _corpus_problems(config):
 
     if not config.corpus:
         return ["corpus is not set (the directory of a corpus made by datasets/)"]
-    if not os.path.isfile(os.path.join(config.corpus, corpus_lib.METADATA_FILE)):
+    if not storage.exists(storage.join(config.corpus, corpus_lib.METADATA_FILE)):
         return [f"corpus {config.corpus} is missing or not a corpus (no metadata.json there)"]
     info = corpus_lib.load_metadata(config.corpus)
     problems = [f"corpus {config.corpus} has no split {split!r}; it has {sorted(info.splits)}"
@@ -125,8 +124,7 @@ def _corpus_fingerprint(corpus_dir):
     """sha256 of the corpus metadata (classes, splits, shard checksums): the same corpus, wherever it lives."""
     from keras_nfnet.data import corpus as corpus_lib
 
-    with open(os.path.join(corpus_dir, corpus_lib.METADATA_FILE), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(storage.read_bytes(storage.join(corpus_dir, corpus_lib.METADATA_FILE))).hexdigest()
 
 
 def check_corpus(config, new_run, progress=print):
@@ -170,7 +168,7 @@ def pretrain(config, workdir, strategy=None):
     clock_wall = context.Clock()
     validate(config)  # everything that can be checked without TensorFlow devices
     context.check_workdir(workdir)
-    new_run = not os.path.exists(os.path.join(workdir, config_lib.SAVED_CONFIG))
+    new_run = not storage.exists(storage.join(workdir, config_lib.SAVED_CONFIG))
     check_corpus(config, new_run)  # before the strategy (a multi-worker job's workers all fail alike) and workdir
     if strategy is None:
         strategy = context.make_strategy(config)
@@ -208,7 +206,7 @@ def pretrain(config, workdir, strategy=None):
     context.compile_model(model, strategy, optimizer, recipe_loss(info.multi_label, config.label_smoothing),
                           config.steps_per_execution, config.jit_compile)
 
-    manager = CheckpointManager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, write=chief)
+    manager = CheckpointManager(storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints, write=chief)
     flops_per_image = train_flops_per_image(row, image_size, info.num_classes)
     peak = config.peak_flops_per_device or None
     clock = ComputeClock(flops_per_image, replicas, peak)
@@ -230,7 +228,8 @@ def pretrain(config, workdir, strategy=None):
 
     writer = context.tensorboard_writer(workdir, chief)
     if chief and start_step == 0:
-        cb.write_hparams(writer, config_lib.as_dict(config), trial_id=os.path.basename(os.path.abspath(workdir)))
+        cb.write_hparams(writer, config_lib.as_dict(config),
+                         trial_id=storage.basename(context.absolute(workdir).rstrip("/")))
 
     def train_fn(ctx):
         return pipeline.train_dataset(config.corpus, config.train_split, config.global_batch_size, image_size,

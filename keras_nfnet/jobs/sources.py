@@ -4,7 +4,7 @@ fine-tuning work directory (the better of its saved models, by its result)."""
 import logging
 import os
 
-from keras_nfnet import architectures
+from keras_nfnet import architectures, storage
 
 log = logging.getLogger(__name__)
 KINDS = "a pretrain or fine-tune workdir, a checkpoint directory, a .keras file or a preset directory"
@@ -13,19 +13,19 @@ KINDS = "a pretrain or fine-tune workdir, a checkpoint directory, a .keras file 
 def _checkpoint_weights(source):
     """(weights file, pretrain config dict) for a pretrain workdir or one of its checkpoint directories."""
     from keras_nfnet.jobs import config as config_lib
-    from keras_nfnet.jobs import io
     from keras_nfnet.training.checkpoint import WEIGHTS_FILE, CheckpointManager
 
-    source = os.path.normpath(source)  # "ckpt-00120/" (shell completion) names the same directory
-    if os.path.isfile(os.path.join(source, WEIGHTS_FILE)):
-        weights, workdir = os.path.join(source, WEIGHTS_FILE), os.path.dirname(os.path.dirname(source))
+    # "ckpt-00120/" (shell completion) names the same directory
+    source = source.rstrip("/") if storage.is_remote(source) else os.path.normpath(source)
+    if storage.exists(storage.join(source, WEIGHTS_FILE)):
+        weights, workdir = storage.join(source, WEIGHTS_FILE), storage.dirname(storage.dirname(source))
     else:
-        manager = CheckpointManager(os.path.join(source, "checkpoints"), write=False)
+        manager = CheckpointManager(storage.join(source, "checkpoints"), write=False)
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"{source} holds no checkpoint: expected {KINDS} (a pretrain workdir holds "
                                     f"checkpoints/ckpt-<step>/{WEIGHTS_FILE})")
-        weights, workdir = os.path.join(manager.path(step), WEIGHTS_FILE), source
+        weights, workdir = storage.join(manager.path(step), WEIGHTS_FILE), source
     saved = config_lib.read_saved(workdir)
     if saved is None:
         raise FileNotFoundError(f"no {config_lib.SAVED_CONFIG} next to the checkpoint (in {workdir}): cannot tell "
@@ -53,19 +53,20 @@ def load_model(source):
     from keras_nfnet.models import NFNet
     from keras_nfnet.vit import ViT
 
-    if not os.path.exists(source):
+    if not storage.exists(source):
         raise FileNotFoundError(f"source {source} does not exist ({KINDS})")
     if presets.is_preset(source):
         return presets.load_nfnet(source)
-    finished = context.read_result(source) if os.path.isdir(source) else None
+    finished = context.read_result(source) if storage.isdir(source) else None
     if finished is not None and finished.get("job") == "finetune":
         source = finished["metrics"]["best_model"]
     if source.endswith(".keras"):
-        model = keras.saving.load_model(source, compile=False)
+        model = keras.saving.load_model(_local_file(source), compile=False)
         if not isinstance(model, (NFNet, ViT)):
             raise ValueError(f"{source} holds a {type(model).__name__}, not a keras_nfnet NFNet or ViT")
         return model
     weights, pre = _checkpoint_weights(source)
+    weights = _local_file(weights)  # h5py reads local files
     model = architectures.build(pre["variant"], num_classes=_classes_in_weights(weights), stochastic_depth_rate=0.0,
                                 dropout_rate=0.0)
     try:
@@ -76,3 +77,15 @@ def load_model(source):
                          "as source") from err
     log.info("loaded %s (%s) from %s", pre["variant"], model.num_classes, weights)
     return model
+
+
+def _local_file(path):
+    """`path` itself when local; else a temporary local copy (Keras and h5py open local files only)."""
+    if not storage.is_remote(path):
+        return path
+    import tempfile
+
+    local = os.path.join(tempfile.mkdtemp(prefix="nfnet-model-"), storage.basename(path))
+    with open(local, "wb") as f:
+        f.write(storage.read_bytes(path))
+    return local

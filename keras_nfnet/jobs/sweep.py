@@ -24,7 +24,7 @@ import sys
 from absl import app as absl_app
 from absl import flags
 
-from keras_nfnet import cli
+from keras_nfnet import cli, storage
 from keras_nfnet.jobs import context
 from keras_nfnet.scaling import sweep as sweeplib
 
@@ -112,7 +112,7 @@ def _run_mode(spec):
 def _store():
     from keras_nfnet.scaling.results import ResultsStore
 
-    return ResultsStore(os.path.join(FLAGS.workdir, sweeplib.RESULTS_FILE))
+    return ResultsStore(storage.join(FLAGS.workdir, sweeplib.RESULTS_FILE))
 
 
 def _analyze(spec):
@@ -120,15 +120,16 @@ def _analyze(spec):
     from keras_nfnet.scaling.results import ResultsStore, read_csv
 
     if FLAGS.results:
-        if not os.path.isfile(FLAGS.results):
+        if not storage.exists(FLAGS.results):
             raise FileNotFoundError(f"table of runs {FLAGS.results} does not exist")
         results = read_csv(FLAGS.results) if FLAGS.results.endswith(".csv") else ResultsStore(FLAGS.results).load()
     else:
         results = _store().load()
-    out = FLAGS.out or os.path.join(FLAGS.workdir or os.path.dirname(FLAGS.results), "analysis")
-    report.analyze(results, out, compute=spec.compute, size=spec.size, irreducible=spec.irreducible,
-                   n_bootstrap=spec.n_bootstrap, tensorboard_dir=os.path.join(out, "tensorboard"))
-    print(open(os.path.join(out, "report.txt"), encoding="utf-8").read())
+    out = FLAGS.out or storage.join(FLAGS.workdir or storage.dirname(FLAGS.results), "analysis")
+    with storage.staged_dir(out) as local:  # figures and TensorBoard files are written locally, then uploaded
+        report.analyze(results, local, compute=spec.compute, size=spec.size, irreducible=spec.irreducible,
+                       n_bootstrap=spec.n_bootstrap, tensorboard_dir=os.path.join(local, "tensorboard"))
+        print(open(os.path.join(local, "report.txt"), encoding="utf-8").read())
     print(f"figures, fits.json and results.csv in {out}")
     return out
 
