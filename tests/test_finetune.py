@@ -183,3 +183,17 @@ def test_an_image_the_decoder_rejects_is_named_in_training_and_in_evaluation(tmp
     with pytest.raises(ValueError, match=r"^bad record: split test shard test-00000.tfrecord record 3: TensorFlow's "
                                          r"decoder rejects the image \(Invalid PNG"):
         ev.topk_accuracy(NFNet("tiny", num_classes=6), corpus, "test", 32, batch_size=4)
+
+
+
+def test_divergence_stops_fine_tuning_and_writes_no_result(tmp_path):
+    """The jobs' shared divergence stop (the commands exit with status 3 on it: tests/test_scaling_sweep_trainer.py)."""
+    from keras_nfnet.training.callbacks import TrainingDiverged
+
+    config = config_lib.load("finetune", corpus=_corpus(tmp_path / "c", n_train=16, n_test=4), from_scratch=True,
+                             variant="tiny", image_size=32, epochs=2.0, global_batch_size=8, base_learning_rate=1e9,
+                             agc_clip=0.0, warmup_epochs=0.0, sam_rho=0.0, ema=False, verbose=0)
+    with pytest.raises(TrainingDiverged, match=r"training diverged: the loss became (nan|inf) at step [12]\. Lower "
+                                                r"base_learning_rate"):
+        ft.finetune(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w" / "result.json").exists() and not (tmp_path / "w" / "model.keras").exists()

@@ -92,7 +92,7 @@ def raise_if_diverged(guard, checkpoints=None, hint=""):
         last = checkpoints.latest_step()
         kept = (f" The last good checkpoint ({checkpoints.path(last) if last is not None else 'none'}) is "
                 "intact;")
-    raise TrainingDiverged(f"training diverged: {what} at step {step}.{kept} {hint}".rstrip())
+    raise TrainingDiverged(f"training diverged: {what} at step {step}.{kept} {hint[:1].upper()}{hint[1:]}".rstrip())
 
 
 class Clock:
