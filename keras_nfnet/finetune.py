@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_nfnet import architectures
+from keras_nfnet import architectures, storage
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
 from keras_nfnet.data import preprocess
@@ -41,7 +41,7 @@ from keras_nfnet.optimizers import nfnet_optimizer
 from keras_nfnet.sam import REDUCTIONS, enable_sam
 from keras_nfnet.training import keras_workarounds
 from keras_nfnet.training import strategy as strategy_lib
-from keras_nfnet.training.callbacks import StepProgress, StopAtStep
+from keras_nfnet.training.callbacks import StepProgress, StopAtStep, SummaryWriter
 from keras_nfnet.training.checkpoint import WEIGHTS_FILE, CheckpointManager
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def config_from_flags(flag_values=None):
 
 def validate(config):
     """Raise ValueError for a bad config before any heavy work."""
-    if not config.corpus or not os.path.isfile(os.path.join(config.corpus, corpus_lib.METADATA_FILE)):
+    if not config.corpus or not storage.exists(storage.join(config.corpus, corpus_lib.METADATA_FILE)):
         raise ValueError(f"corpus must be a corpus directory holding {corpus_lib.METADATA_FILE}; got {config.corpus!r}")
     if config.source and config.from_scratch:
         raise ValueError(f"give either source ({config.source!r}) or from_scratch, not both")
@@ -131,7 +131,7 @@ def validate(config):
     if config.from_scratch and config.variant not in architectures.known_names():
         raise ValueError(f"training from scratch needs variant, one of {architectures.known_names()}; got "
                          f"{config.variant!r}")
-    if config.source and not os.path.exists(config.source):
+    if config.source and not storage.exists(config.source):
         raise FileNotFoundError(f"source {config.source} does not exist (a pretrain workdir, a checkpoint "
                                 "directory, a .keras file or a preset directory)")
     for name in ("image_size", "eval_image_size", "eval_batch_size"):
@@ -204,22 +204,22 @@ def describe_eval_view(eval_size, crop_fraction):
 
 def _checkpoint_weights(source):
     """(weights file, pretrain config dict) for a pretrain workdir or one of its checkpoint directories."""
-    source = os.path.normpath(source)  # "ckpt-00120/" (shell completion) names the same directory
-    if os.path.isfile(os.path.join(source, WEIGHTS_FILE)):
-        weights, workdir = os.path.join(source, WEIGHTS_FILE), os.path.dirname(os.path.dirname(source))
+    # "ckpt-00120/" (shell completion) names the same directory
+    source = source.rstrip("/") if storage.is_remote(source) else os.path.normpath(source)
+    if storage.exists(storage.join(source, WEIGHTS_FILE)):
+        weights, workdir = storage.join(source, WEIGHTS_FILE), storage.dirname(storage.dirname(source))
     else:
-        step = CheckpointManager(os.path.join(source, "checkpoints"), write=False).latest_step()
+        step = CheckpointManager(storage.join(source, "checkpoints"), write=False).latest_step()
         if step is None:
             raise FileNotFoundError(f"{source} holds no checkpoint: expected a pretrain workdir (checkpoints/"
                                     f"ckpt-<step>/{WEIGHTS_FILE}), a checkpoint directory or a .keras file")
-        weights = os.path.join(CheckpointManager(os.path.join(source, "checkpoints"), write=False).path(step),
+        weights = storage.join(CheckpointManager(storage.join(source, "checkpoints"), write=False).path(step),
                                WEIGHTS_FILE)
         workdir = source
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
+    config_path = storage.join(workdir, "config.json")
+    if not storage.exists(config_path):
         raise FileNotFoundError(f"no config.json next to the checkpoint ({config_path}): cannot tell its variant")
-    with open(config_path) as f:
-        return weights, json.load(f)
+    return weights, json.loads(storage.read_text(config_path))
 
 
 def _classes_in_weights(weights_file):
@@ -242,11 +242,12 @@ def load_pretrained(source):
     if presets.is_preset(source):
         return presets.load_nfnet(source)
     if source.endswith(".keras"):
-        model = keras.saving.load_model(source, compile=False)
+        model = keras.saving.load_model(storage.fetch_file(source), compile=False)
         if not isinstance(model, (NFNet, ViT)):
             raise ValueError(f"{source} holds a {type(model).__name__}, not a keras_nfnet NFNet or ViT")
         return model
     weights, pre = _checkpoint_weights(source)
+    weights = storage.fetch_file(weights)  # h5py reads local files
     model = architectures.build(pre["variant"], num_classes=_classes_in_weights(weights), stochastic_depth_rate=0.0,
                                 dropout_rate=0.0)
     try:
@@ -356,7 +357,7 @@ def finetune(config, workdir, strategy=None):
     """Run the fine-tuning job; returns the results dict (also written to `<workdir>/results.json`)."""
     validate(config)
     started = time.time()
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if storage.exists(workdir) and not storage.isdir(workdir):
         raise ValueError(f"workdir {workdir} exists and is not a directory; choose a directory path")
     info = corpus_lib.load_metadata(config.corpus)
     num_train = info.split(config.train_split).num_examples
@@ -365,7 +366,7 @@ def finetune(config, workdir, strategy=None):
         verify.open_split(info, split).close()
     if config.verify_checksums:
         verify.verify_checksums(info, [config.train_split, eval_split])
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     reports = ({"train": pipeline.BadRecordReport(), "eval": pipeline.BadRecordReport()}
                if config.on_bad_record == "skip" else {})
     if strategy is None:
@@ -422,8 +423,7 @@ def finetune(config, workdir, strategy=None):
                                       randaugment_magnitude=config.randaugment_magnitude,
                                       on_bad_record=config.on_bad_record, bad_record_report=reports.get("train"))
 
-    tb_dir = os.path.join(workdir, "tensorboard")
-    writer = tf.summary.create_file_writer(tb_dir)
+    writer = SummaryWriter(storage.join(workdir, "tensorboard"))
     interval = max(1, min(steps, int(math.ceil(num_train / config.global_batch_size))))  # about one epoch
     final = _FinalWeights()
 
@@ -446,20 +446,22 @@ def finetune(config, workdir, strategy=None):
         # put the final raw weights back.
         results["ema"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
                                        on_bad_record=config.on_bad_record, bad_record_report=reports.get("eval"))
-        model.save(os.path.join(workdir, "model_ema.keras"))
+        with storage.staged_dir(workdir) as local:  # Keras writes .keras files locally; uploaded on exit
+            model.save(os.path.join(local, "model_ema.keras"))
         for variable, value in zip(model.trainable_variables, final.values):
             variable.assign(value)
     results["raw"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
                                    on_bad_record=config.on_bad_record, bad_record_report=reports.get("eval"))
-    model.save(os.path.join(workdir, "model.keras"))
+    with storage.staged_dir(workdir) as local:
+        model.save(os.path.join(local, "model.keras"))
     best = max(results, key=lambda k: results[k]["top1"])
     summary = {
         "top1": results["raw"]["top1"], "top5": results["raw"]["top5"],
         "top1_ema": results["ema"]["top1"] if config.ema else None,
         "top5_ema": results["ema"]["top5"] if config.ema else None,
         "eval_loss": results["raw"]["loss"], "eval_examples": results["raw"]["examples"],
-        "best_weights": best, "best_model": os.path.join(workdir, "model.keras" if best == "raw" else
-                                                         "model_ema.keras"),
+        "best_weights": best, "best_model": storage.join(workdir, "model.keras" if best == "raw" else
+                                                          "model_ema.keras"),
         "variant": variant, "source": config.source or None, "from_scratch": pretrained is None, "eval_split": eval_split,
         "image_size": image_size, "eval_image_size": eval_size, "crop_fraction": crop_fraction,
         "eval_resize": preprocess.eval_resize_size(eval_size, crop_fraction), "training_view": augmentations(config),
@@ -477,13 +479,10 @@ def finetune(config, workdir, strategy=None):
             for reason, count in counts.items():
                 tf.summary.scalar(f"bad_records/{split}/{reason}", count, step=steps)
     writer.close()
-    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+    storage.write_atomic(storage.join(workdir, RESULTS_FILE), json.dumps(summary, indent=1))
     line = f"{eval_split} ({summary['eval_examples']} images, {eval_size} px, crop fraction " \
            f"{crop_fraction:g}): top-1 {summary['top1']:.4f} top-5 {summary['top5']:.4f}"
     if config.ema:
         line += f"; EMA top-1 {summary['top1_ema']:.4f} top-5 {summary['top5_ema']:.4f}"
-    print(line + f"; results in {os.path.join(workdir, RESULTS_FILE)}", flush=True)
+    print(line + f"; results in {storage.join(workdir, RESULTS_FILE)}", flush=True)
     return summary

@@ -71,6 +71,11 @@ def dirname(path):
     return posixpath.dirname(path.rstrip("/")) if is_remote(path) else os.path.dirname(path)
 
 
+def abspath(path):
+    """An absolute local path, or the URL unchanged."""
+    return os.fspath(path) if is_remote(path) else os.path.abspath(path)
+
+
 def exists(path):
     if not is_remote(path):
         return os.path.exists(path)
@@ -322,6 +327,27 @@ class staged_dir:  # noqa: N801 - used like a function: `with storage.staged_dir
 _FETCHED = []
 
 
+def _fetch_area():
+    if not _FETCHED:
+        import atexit
+
+        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _FETCHED])
+    local = tempfile.mkdtemp(prefix="nfnet-fetch-")
+    _FETCHED.append(local)
+    return local
+
+
+def fetch_file(path):
+    """A local file holding the bytes of `path`: `path` itself when local, else a fresh temporary copy (removed
+    when the process exits) for readers that need a local file (h5py, memory maps)."""
+    if not is_remote(path):
+        return os.fspath(path)
+    local = os.path.join(_fetch_area(), basename(path))
+    with open(path, "rb") as src, builtins.open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
+    return local
+
+
 def fetch_dir(path):
     """A local directory holding the files of `path`: `path` itself when local, else a fresh temporary copy
     (removed when the process exits)."""
@@ -329,12 +355,7 @@ def fetch_dir(path):
         raise FileNotFoundError(f"no such directory: {path}")
     if not is_remote(path):
         return os.fspath(path)
-    local = tempfile.mkdtemp(prefix="nfnet-fetch-")
-    if not _FETCHED:
-        import atexit
-
-        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _FETCHED])
-    _FETCHED.append(local)
+    local = _fetch_area()
     _download_tree(os.fspath(path), local)
     return local
 

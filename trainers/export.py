@@ -8,7 +8,6 @@ With --finetune_workdir the model (the better of raw and EMA weights by top-1), 
 the class names come from its results.json; flags given explicitly override them.
 """
 import json
-import os
 
 from absl import app, flags
 from keras_nfnet import cli
@@ -32,26 +31,25 @@ def main(argv):
     del argv
     import keras
 
+    from keras_nfnet import storage
     from keras_nfnet.export import DEFAULT_MAX_IMAGE_PIXELS, export_for_serving
 
     model_path, image_size, class_names = FLAGS.model, FLAGS.image_size, None
     if FLAGS.finetune_workdir:
-        results_path = os.path.join(FLAGS.finetune_workdir, "results.json")
-        if not os.path.isfile(results_path):
+        results_path = storage.join(FLAGS.finetune_workdir, "results.json")
+        if not storage.exists(results_path):
             raise app.UsageError(f"{results_path} not found: is {FLAGS.finetune_workdir} a finished fine-tuning run?")
-        with open(results_path) as f:
-            results = json.load(f)
+        results = json.loads(storage.read_text(results_path))
         model_path = model_path or results["best_model"]
         image_size = image_size or results["eval_image_size"]
         class_names = results["class_names"]
     if not model_path:
         raise app.UsageError("give --model=<file.keras> or --finetune_workdir=<dir>")
-    if not os.path.isfile(model_path):
+    if not storage.exists(model_path) or storage.isdir(model_path):
         raise app.UsageError(f"model file {model_path} does not exist")
     if FLAGS.class_names:
-        with open(FLAGS.class_names, encoding="utf-8") as f:
-            class_names = f.read().splitlines()
-    model = keras.saving.load_model(model_path, compile=False)
+        class_names = storage.read_text(FLAGS.class_names).splitlines()
+    model = keras.saving.load_model(storage.fetch_file(model_path), compile=False)
     export_for_serving(model, FLAGS.base_dir, FLAGS.model_name, version=FLAGS.version, class_names=class_names,
                        image_size=image_size, top_k=FLAGS.top_k, warmup=FLAGS.warmup,
                        max_image_pixels=FLAGS.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)

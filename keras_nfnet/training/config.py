@@ -18,7 +18,7 @@ import math
 import os
 from typing import Optional
 
-from keras_nfnet import architectures
+from keras_nfnet import architectures, storage
 
 
 @dataclasses.dataclass
@@ -204,7 +204,7 @@ def validate(config, num_replicas=None):
                             f"({architectures.get_row(config.variant).patch_size} px)")
     if not config.corpus:
         problems.append("corpus is not set (the directory of a corpus made by datasets/)")
-    elif not os.path.isfile(os.path.join(config.corpus, "metadata.json")):
+    elif not storage.exists(storage.join(config.corpus, "metadata.json")):
         problems.append(f"corpus {config.corpus} is missing or not a corpus (no metadata.json there)")
     else:
         from keras_nfnet.data.corpus import load_metadata
@@ -242,7 +242,6 @@ def check_resume(saved, current):
 
 
 def read_config(path) -> Optional[dict]:
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(path))

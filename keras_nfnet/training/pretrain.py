@@ -22,13 +22,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_nfnet import storage
 from keras_nfnet.data import corpus as corpus_lib
 from keras_nfnet.data import pipeline
 from keras_nfnet import architectures
@@ -62,12 +62,11 @@ class PretrainResult:
 
 def _corpus_fingerprint(corpus_dir):
     """sha256 of the corpus metadata (classes, splits, shard checksums): the same corpus, wherever it lives."""
-    with open(os.path.join(corpus_dir, corpus_lib.METADATA_FILE), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(storage.read_bytes(storage.join(corpus_dir, corpus_lib.METADATA_FILE))).hexdigest()
 
 
 def _check_workdir(workdir):
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if storage.exists(workdir) and not storage.isdir(workdir):
         raise ValueError(f"workdir {workdir} exists and is not a directory; choose a directory path")
 
 
@@ -88,17 +87,14 @@ def check_corpus(config, new_run, progress=print):
 
 
 def _prepare_workdir(workdir, config, chief):
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
+    storage.makedirs(workdir)
+    path = storage.join(workdir, "config.json")
     current = dict(config.to_dict(), corpus_sha256=_corpus_fingerprint(config.corpus))
     saved = config_lib.read_config(path)
     if saved is not None:
         config_lib.check_resume(saved, current)
     elif chief:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(current, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        storage.write_atomic(path, json.dumps(current, indent=1, sort_keys=True))
 
 
 def pretrain(config, workdir, strategy=None):
@@ -111,7 +107,7 @@ def pretrain(config, workdir, strategy=None):
         raise ValueError("workdir must be a directory path (it holds checkpoints, logs and the result).")
     config_lib.validate(config)  # everything that can be checked without TensorFlow devices
     _check_workdir(workdir)
-    new_run = not os.path.exists(os.path.join(workdir, "config.json"))
+    new_run = not storage.exists(storage.join(workdir, "config.json"))
     check_corpus(config, new_run)  # before the strategy (a multi-worker job's workers all fail alike) and workdir
     if strategy is None:
         strategy = strategy_lib.make_strategy(config.strategy, config.num_cpu_devices, config.tpu_address)
@@ -151,7 +147,7 @@ def pretrain(config, workdir, strategy=None):
         optimizer.build(model.trainable_variables)
     keras_workarounds.apply(model, strategy)
 
-    manager = CheckpointManager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, write=chief)
+    manager = CheckpointManager(storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints, write=chief)
     flops_per_image = train_flops_per_image(row, image_size, info.num_classes)
     peak = config.peak_flops_per_device or None
     clock = ComputeClock(flops_per_image, replicas, peak)
@@ -171,10 +167,10 @@ def pretrain(config, workdir, strategy=None):
         clock.peak_flops_per_device = measure_peak_flops(seconds=0.5)
         log.info("measured peak %.3g FLOP/s per device (matmul)", clock.peak_flops_per_device)
 
-    tb_dir = os.path.join(workdir, "tensorboard")
-    writer = tf.summary.create_file_writer(tb_dir if chief else os.path.join(workdir, ".tb_worker"))
+    tb_dir = storage.join(workdir, "tensorboard")
+    writer = cb.SummaryWriter(tb_dir if chief else storage.join(workdir, ".tb_worker"))
     if chief and start_step == 0:
-        cb.write_hparams(writer, config.to_dict(), trial_id=os.path.basename(os.path.abspath(workdir)))
+        cb.write_hparams(writer, config.to_dict(), trial_id=storage.basename(storage.abspath(workdir)))
 
     def train_fn(ctx):
         return pipeline.train_dataset(config.corpus, config.train_split, config.global_batch_size, image_size,
@@ -234,17 +230,14 @@ def pretrain(config, workdir, strategy=None):
         preempted = checkpointing.preempted_at is not None
         status = "done" if step >= steps_total else ("preempted" if preempted else "stopped")
         result = PretrainResult(status, step, steps_total, heldout.history[-1][1] if heldout.history else math.nan,
-                                clock.flops, clock.device_hours, os.path.abspath(workdir), os.path.abspath(tb_dir),
+                                clock.flops, clock.device_hours, storage.abspath(workdir), storage.abspath(tb_dir),
                                 weights_fingerprint(model),
                                 {split: report.counts() for split, report in reports.items()})
         for split, report in reports.items():
             if report.counts():
                 print(f"split {split!r}: {report.summary()}", flush=True)
         if chief and status == "done":
-            tmp = os.path.join(workdir, "result.json.tmp")
-            with open(tmp, "w") as f:
-                json.dump(dataclasses.asdict(result), f, indent=1)
-            os.replace(tmp, os.path.join(workdir, "result.json"))
+            storage.write_atomic(storage.join(workdir, "result.json"), json.dumps(dataclasses.asdict(result), indent=1))
     finally:
         writer.close()
     return result
