@@ -137,3 +137,24 @@ def test_gcs_objects_are_on_the_emulator(gcs_server, gcs_dir):
     """What storage writes to gs:// is an object on the HTTP server, readable by a plain GET."""
     storage.write_atomic(storage.join(gcs_dir, "x", "marker.json"), '{"ok": 1}')
     assert _emulator_object(gcs_server, storage.join(gcs_dir, "x", "marker.json")) == b'{"ok": 1}'
+
+
+def test_sweep_results_table_on_a_bucket(gcs_dir):
+    """The sweep's JSON-lines table and CSV in a bucket (no append there: each append rewrites the object)."""
+    from keras_nfnet.scaling.results import FIELDS, ResultsStore, RunResult, read_csv
+
+    def row(run_id, loss):
+        return RunResult(run_id=run_id, variant="S0", params=1, macs_per_image=2, epochs=1.0, learning_rate=0.4,
+                         steps=10, batch_size=8, heldout_loss=loss, flops=1e9, device_hours=0.01)
+
+    store = ResultsStore(storage.join(gcs_dir, "sweep", "results.jsonl"))
+    assert store.load() == []
+    for run_id, loss in (("a", 3.0), ("b", 2.0), ("a", 2.5)):
+        store.append(row(run_id, loss))
+    lines = storage.read_text(store.path).splitlines()
+    assert len(lines) == 3 and [json.loads(line)["heldout_loss"] for line in lines] == [3.0, 2.0, 2.5]
+    assert [(r.run_id, r.heldout_loss) for r in store.load()] == [("b", 2.0), ("a", 2.5)]
+    store.to_csv(storage.join(gcs_dir, "sweep", "results.csv"))
+    assert storage.read_text(storage.join(gcs_dir, "sweep", "results.csv")).splitlines()[0] == ",".join(FIELDS)
+    assert [(r.run_id, r.heldout_loss) for r in read_csv(storage.join(gcs_dir, "sweep", "results.csv"))] == [
+        ("b", 2.0), ("a", 2.5)]
