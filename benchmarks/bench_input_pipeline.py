@@ -180,7 +180,7 @@ def main():
             sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
             import gcs_emulator  # noqa: E402 - the tests' emulator helper
 
-            emulator = gcs_emulator.Emulator().__enter__()  # serves until the process exits
+            emulator = gcs_emulator.Emulator().__enter__()  # serves (a daemon thread) until the process exits
             remote = f"gs://{gcs_emulator.BUCKET}/bench"
             print(f"GCS emulator at {emulator.host}")
         started = time.perf_counter()

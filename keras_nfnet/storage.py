@@ -41,11 +41,9 @@ def _is_gfile(path):
 def _fs(path):
     """(fsspec filesystem, path without its scheme). The listing cache is off: other processes (a resumed run,
     another host) write to the same bucket, and a stale listing would hide their files."""
-    import fsspec
+    from fsspec.core import url_to_fs
 
-    protocol = _scheme(path)
-    fs = fsspec.filesystem(protocol, use_listings_cache=False)
-    return fs, fs._strip_protocol(os.fspath(path))
+    return url_to_fs(os.fspath(path), use_listings_cache=False)
 
 
 def _gfile():
@@ -204,6 +202,19 @@ def size(path):
     return fs.size(p)
 
 
+def version(path):
+    """Something that changes whenever the file is rewritten (size and modification time; an object store's
+    own key: GCS's generation), for caches of remote files."""
+    if not is_remote(path):
+        st = os.stat(path)
+        return (st.st_size, st.st_mtime_ns)
+    if _is_gfile(path):
+        st = _gfile().stat(path)
+        return (st.length, st.mtime_nsec)
+    fs, p = _fs(path)
+    return fs.ukey(p)
+
+
 def write_atomic(path, data):
     """Write a whole file so that readers see the old contents or the new, never a part. Local: a temporary
     file in the same directory, flushed to disk, then renamed over `path`. fsspec stores: one object put (atomic
@@ -257,8 +268,8 @@ def fetch_ranges(requests, fs=None):
     if fs is None and not (is_remote(requests[0][0]) and not _is_gfile(requests[0][0])):
         return [read_ranges(p, [(o, n)])[0] for p, o, n in requests]  # local files and tf.io.gfile: one by one
     if fs is None:
-        fs, _ = _fs(requests[0][0])
-        requests = [(fs._strip_protocol(p), o, n) for p, o, n in requests]
+        fs = _fs(requests[0][0])[0]
+        requests = [(_fs(p)[1], o, n) for p, o, n in requests]
     return fs.cat_ranges([p for p, _, _ in requests], [o for _, o, _ in requests],
                          [o + n for _, o, n in requests], on_error="raise")
 

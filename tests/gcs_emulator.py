@@ -55,6 +55,7 @@ class Emulator:
         self._server = create_server("127.0.0.1", self.port, in_memory=True, default_bucket=BUCKET)
 
     def __enter__(self):
+        self._server._api.daemon = True  # its serving thread must not keep a finished process alive
         self._server.start()
         httpd = self._server._api._httpd  # the emulator's http.server, created by start()
         report = httpd.handle_error

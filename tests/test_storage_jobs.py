@@ -117,6 +117,9 @@ def test_pretrain_kill_resume_finetune_export_on_a_bucket(gcs_dir, tmp_path, pro
     from keras_nfnet.data import preprocess
     from keras_nfnet.export import export_for_serving, read_class_names
 
+    from_bucket, from_disk = ft.load_pretrained(remote_workdir), ft.load_pretrained(local_workdir)
+    for a, b in zip(from_bucket.weights, from_disk.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     config = ft.FinetuneConfig(source=remote_workdir, corpus=remote_corpus, train_split="train", eval_split="holdout",
                                image_size=32, eval_image_size=32, epochs=0.5, global_batch_size=8, warmup_epochs=0.0,
                                verbose=0)

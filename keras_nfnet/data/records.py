@@ -119,7 +119,7 @@ def read_ids(shard_path):
     path = ids_path(shard_path)
     if not storage.exists(path):
         return None
-    local = storage.fetch_file(path)  # a remote one is copied, then memory-mapped like a local one
+    local = _local_file(path)
     size = os.path.getsize(local)
     if size % 8:
         raise CorruptRecordError(f"id table {storage.basename(path)} is not a whole number of int64 ids "
@@ -136,7 +136,7 @@ def read_index(shard_path):
     path = index_path(shard_path)
     if not storage.exists(path):
         raise FileNotFoundError(f"record index {path} is missing (rebuild it with keras_nfnet.data.records.scan_shard)")
-    local = storage.fetch_file(path)  # a remote one is copied, then memory-mapped like a local one
+    local = _local_file(path)
     size = os.path.getsize(local)
     if size % 16:
         raise CorruptRecordError(f"record index {storage.basename(path)} is not a whole number of (offset, length) "
@@ -145,6 +145,20 @@ def read_index(shard_path):
         return np.zeros([0, 2], np.int64)
     # Offsets and lengths are < 2**63, so the stored uint64 bits read as int64 unchanged.
     return np.memmap(local, dtype="<i8", mode="c", shape=(size // 16, 2))
+
+
+_FETCHED = {}  # (remote path, version) -> local copy, so that each pipeline built in a process reuses one download
+
+
+def _local_file(path):
+    """`path` when local; for a remote index or id table, a local copy (downloaded once per process and object
+    version, removed at exit), memory-mapped like a local one rather than held in memory."""
+    if not storage.is_remote(path):
+        return path
+    key = (path, storage.version(path))
+    if key not in _FETCHED:
+        _FETCHED[key] = storage.fetch_file(path)
+    return _FETCHED[key]
 
 
 _CHECK_CHUNK = 1 << 20  # index entries checked per numpy pass (16 MB), so a huge shard needs no huge array
