@@ -158,3 +158,32 @@ def test_sweep_results_table_on_a_bucket(gcs_dir):
     assert storage.read_text(storage.join(gcs_dir, "sweep", "results.csv")).splitlines()[0] == ",".join(FIELDS)
     assert [(r.run_id, r.heldout_loss) for r in read_csv(storage.join(gcs_dir, "sweep", "results.csv"))] == [
         ("b", 2.0), ("a", 2.5)]
+
+
+def test_sweep_with_its_workdir_on_a_bucket_matches_a_local_sweep(gcs_dir, tmp_path):
+    """The sweep driver with runs, results and summaries in a bucket: the same runs and rows as on a local disk."""
+    import dataclasses
+
+    from keras_nfnet.scaling import sweep
+    from keras_nfnet.scaling.results import ResultsStore
+    from tests.test_scaling_sweep import FakeTrainer, _spec
+
+    class UploadingTrainer(FakeTrainer):  # writes a run locally as the stand-in trainer does, then uploads it
+        def __call__(self, run, spec):
+            local = dataclasses.replace(run, run_dir=str(tmp_path / "staging" / run.run_id))
+            super().__call__(local, spec)
+            for name in os.listdir(local.run_dir):
+                with open(os.path.join(local.run_dir, name), "rb") as f:
+                    storage.write_bytes(storage.join(run.run_dir, name), f.read())
+
+    spec = _spec(tmp_path, variants=["S0"], epoch_budgets=[0.5, 2])
+    on_disk, on_bucket = FakeTrainer(), UploadingTrainer()
+    sweep.run_sweep(spec, str(tmp_path / "local"), launcher=on_disk, log=lambda s: None)
+    plan = sweep.run_sweep(spec, storage.join(gcs_dir, "sweep"), launcher=on_bucket, log=lambda s: None)
+    assert plan.complete and on_bucket.launched == on_disk.launched
+    want = ResultsStore(str(tmp_path / "local" / "results.jsonl")).load()
+    got = ResultsStore(storage.join(gcs_dir, "sweep", "results.jsonl")).load()
+    assert [dataclasses.replace(r, run_dir="") for r in got] == [dataclasses.replace(r, run_dir="") for r in want]
+    assert all(r.run_dir == storage.join(gcs_dir, "sweep", "runs", r.run_id) for r in got)
+    for r in got:
+        assert storage.exists(storage.join(r.run_dir, "diverged.json" if r.status == "diverged" else "result.json"))

@@ -17,9 +17,11 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from keras_nfnet import storage
 from keras_nfnet.scaling import lr_search
 from keras_nfnet.training import config as config_lib
 from keras_nfnet.scaling.results import ResultsStore, RunResult
@@ -155,7 +157,7 @@ def tried_table(results: List[RunResult]) -> Dict[Tuple[str, float], Dict[float,
 
 def plan_sweep(spec: SweepSpec, results: List[RunResult], workdir: str) -> Plan:
     """What to run next, given the results so far. Cells are visited smallest model first, shortest budget first."""
-    workdir = os.path.abspath(workdir)  # runs are launched from the repository root
+    workdir = storage.abspath(workdir)  # runs are launched from the repository root
     table = tried_table(results)
     ready, waiting, finished = [], [], {}
     for variant in spec.variants:
@@ -176,7 +178,7 @@ def plan_sweep(spec: SweepSpec, results: List[RunResult], workdir: str) -> Plan:
             for lr in todo:
                 rid = run_id(variant, epochs, lr)
                 overrides = {**spec.shared, "variant": variant, "epochs": epochs, "base_learning_rate": lr}
-                ready.append(PlannedRun(rid, variant, epochs, lr, os.path.join(workdir, "runs", rid), overrides,
+                ready.append(PlannedRun(rid, variant, epochs, lr, storage.join(workdir, "runs", rid), overrides,
                                         f"start {why}"))
     return Plan(ready, waiting, finished, len(results))
 
@@ -204,7 +206,7 @@ def estimate(spec: SweepSpec) -> List[dict]:
     for variant in spec.variants:
         for epochs in spec.epoch_budgets:
             cfg = run_config(spec, variant, epochs, spec.initial_lr)
-            if not os.path.isfile(os.path.join(cfg.corpus, "metadata.json")):
+            if not storage.exists(storage.join(cfg.corpus, "metadata.json")):
                 raise FileNotFoundError(f"corpus {cfg.corpus!r} is not there yet (no metadata.json); make it first")
             info = load_metadata(cfg.corpus)
             n = info.split(cfg.train_split).num_examples
@@ -219,7 +221,7 @@ def estimate(spec: SweepSpec) -> List[dict]:
 
 def describe_plan(spec: SweepSpec, workdir: str) -> str:
     """The dry run: what the sweep is, what has run, what runs next, and what the whole sweep will cost."""
-    results = ResultsStore(os.path.join(workdir, RESULTS_FILE)).load()
+    results = ResultsStore(storage.join(workdir, RESULTS_FILE)).load()
     plan = plan_sweep(spec, results, workdir)
     lines = [f"sweep {spec.name}: {len(spec.variants)} variants x {len(spec.epoch_budgets)} epoch budgets, "
              f"{spec.lr_search} LR search over {len(spec.lr_grid)} LRs",
@@ -272,13 +274,23 @@ def launch_subprocess(run: PlannedRun, spec: SweepSpec) -> None:
     """
     from keras_nfnet.scaling import run_summary
 
-    os.makedirs(run.run_dir, exist_ok=True)
-    log_path = os.path.join(run.run_dir, "train.log")
-    with open(log_path, "a", encoding="utf-8") as log:
+    log_path = storage.join(run.run_dir, "train.log")
+    # The child writes its output to a local file; in a bucket (no append) the log is uploaded after the run.
+    local_log = log_path
+    if storage.is_remote(log_path):
+        fd, local_log = tempfile.mkstemp(prefix="sweep-run-", suffix=".log")
+        os.close(fd)
+    storage.makedirs(run.run_dir)
+    with open(local_log, "a", encoding="utf-8") as log:
         proc = subprocess.run(run.command(spec, sys.executable), cwd=REPO_ROOT, stdout=log,
                               stderr=subprocess.STDOUT)
-    with open(log_path, encoding="utf-8", errors="replace") as f:
-        tail = "".join(f.readlines()[-25:])
+    with open(local_log, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    if local_log != log_path:
+        earlier = storage.read_text(log_path) if storage.exists(log_path) else ""
+        storage.write_atomic(log_path, earlier + text)
+        os.remove(local_log)
+    tail = "".join(text.splitlines(keepends=True)[-25:])
     if proc.returncode == 3:
         run_summary.mark_diverged(run.run_dir, tail)
         return
@@ -300,7 +312,7 @@ def run_sweep(spec: SweepSpec, workdir: str, launcher: Launcher = launch_subproc
     from keras_nfnet.scaling import run_summary
 
     collector = collector or run_summary.collect_run
-    store = ResultsStore(os.path.join(workdir, RESULTS_FILE))
+    store = ResultsStore(storage.join(workdir, RESULTS_FILE))
     cells = len(spec.variants) * len(spec.epoch_budgets)
     launched, started, seen = 0, time.time(), set()
     while True:
@@ -334,7 +346,7 @@ def run_one(spec: SweepSpec, workdir: str, run_id_: str, launcher: Launcher = la
     to one file. A run that is already finished is not run again."""
     from keras_nfnet.scaling import run_summary
 
-    plan = plan_sweep(spec, ResultsStore(os.path.join(workdir, RESULTS_FILE)).load(), workdir)
+    plan = plan_sweep(spec, ResultsStore(storage.join(workdir, RESULTS_FILE)).load(), workdir)
     runs = {r.run_id: r for r in plan.ready}
     if run_id_ not in runs:
         raise ValueError(f"run {run_id_!r} is not runnable now (finished, or waiting for another cell's LR search); "
@@ -348,7 +360,7 @@ def collect(spec: SweepSpec, workdir: str, log: Callable[[str], None] = print) -
     jobs). Returns how many rows were added."""
     from keras_nfnet.scaling import run_summary
 
-    store = ResultsStore(os.path.join(workdir, RESULTS_FILE))
+    store = ResultsStore(storage.join(workdir, RESULTS_FILE))
     have = store.finished_ids()
     added = 0
     for run in plan_sweep(spec, store.load(), workdir).ready:
@@ -381,5 +393,5 @@ def format_commands(runs: List[PlannedRun], sweep_arg: str, workdir: str, python
     """One cluster job per line (run from the repository root)."""
     path, sep, overrides = sweep_arg.partition(":")
     sweep_arg = os.path.abspath(path) + sep + overrides
-    return "\n".join(shlex.join(r.job_command(sweep_arg, os.path.abspath(workdir), python)) for r in runs)
+    return "\n".join(shlex.join(r.job_command(sweep_arg, storage.abspath(workdir), python)) for r in runs)
 
