@@ -187,3 +187,14 @@ def test_sweep_with_its_workdir_on_a_bucket_matches_a_local_sweep(gcs_dir, tmp_p
     assert all(r.run_dir == storage.join(gcs_dir, "sweep", "runs", r.run_id) for r in got)
     for r in got:
         assert storage.exists(storage.join(r.run_dir, "diverged.json" if r.status == "diverged" else "result.json"))
+
+    # The analysis written into the bucket holds what a local analysis of the same rows holds.
+    from keras_nfnet.scaling import report
+
+    local_out, remote_out = str(tmp_path / "analysis"), storage.join(gcs_dir, "sweep", "analysis")
+    report.analyze(want, local_out, n_bootstrap=10)
+    report.analyze(got, remote_out, n_bootstrap=10, tensorboard_dir=storage.join(remote_out, "tensorboard"))
+    assert sorted(storage.listdir(remote_out)) == sorted(os.listdir(local_out) + ["tensorboard"])
+    with open(os.path.join(local_out, "fits.json")) as f:
+        assert json.loads(storage.read_text(storage.join(remote_out, "fits.json"))) == json.load(f)
+    assert any("tfevents" in n for n in storage.listdir(storage.join(remote_out, "tensorboard")))

@@ -23,7 +23,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from keras_nfnet import cli  # noqa: E402
+from keras_nfnet import cli, storage  # noqa: E402
 from keras_nfnet.scaling import sweep as sweeplib  # noqa: E402
 
 flags.DEFINE_string("sweep", None, "sweep file, optionally with overrides: path.py[:key=value,...]")
@@ -90,7 +90,7 @@ def _main():
 def _store():
     from keras_nfnet.scaling.results import ResultsStore
 
-    return ResultsStore(os.path.join(FLAGS.workdir, sweeplib.RESULTS_FILE))
+    return ResultsStore(storage.join(FLAGS.workdir, sweeplib.RESULTS_FILE))
 
 
 def _analyze(spec):
@@ -98,15 +98,15 @@ def _analyze(spec):
     from keras_nfnet.scaling.results import ResultsStore, read_csv
 
     if FLAGS.results:
-        if not os.path.isfile(FLAGS.results):
+        if not storage.exists(FLAGS.results):
             raise FileNotFoundError(f"results table {FLAGS.results} does not exist")
         results = read_csv(FLAGS.results) if FLAGS.results.endswith(".csv") else ResultsStore(FLAGS.results).load()
     else:
         results = _store().load()
-    out = FLAGS.out or os.path.join(FLAGS.workdir or os.path.dirname(FLAGS.results), "analysis")
+    out = FLAGS.out or storage.join(FLAGS.workdir or storage.dirname(FLAGS.results), "analysis")
     report.analyze(results, out, compute=spec.compute, size=spec.size, irreducible=spec.irreducible,
-                   n_bootstrap=spec.n_bootstrap, tensorboard_dir=os.path.join(out, "tensorboard"))
-    print(open(os.path.join(out, "report.txt"), encoding="utf-8").read())
+                   n_bootstrap=spec.n_bootstrap, tensorboard_dir=storage.join(out, "tensorboard"))
+    print(storage.read_text(storage.join(out, "report.txt")))
     print(f"figures, fits.json and results.csv in {out}")
 
 
