@@ -9,10 +9,9 @@ resume or are skipped when their results are already there, so an interrupted co
 """
 import dataclasses
 import json
-import os
 from typing import List, Sequence
 
-from keras_nfnet import architectures
+from keras_nfnet import architectures, storage
 
 FIELDS = ("family", "model", "params", "macs_per_image", "pretrain_steps", "pretrain_flops", "pretrain_device_hours",
           "heldout_loss", "finetune_top1", "finetune_top1_ema", "finetune_top5")
@@ -35,17 +34,15 @@ def compare_families(models: Sequence[str], pretrain_config: str, finetune_confi
     rows = []
     for model in models:
         config = load_config(pretrain_config, [f"variant={model}"])
-        pre_dir = os.path.join(workdir, "pretrain", model)
-        result_path = os.path.join(pre_dir, "result.json")
-        if os.path.isfile(result_path):
-            with open(result_path) as f:
-                pre = json.load(f)
+        pre_dir = storage.join(workdir, "pretrain", model)
+        result_path = storage.join(pre_dir, "result.json")
+        if storage.exists(result_path):
+            pre = json.loads(storage.read_text(result_path))
         else:
             pre = dataclasses.asdict(pretrain(config, pre_dir))
-        ft_dir = os.path.join(workdir, "finetune", model)
-        if os.path.isfile(os.path.join(ft_dir, RESULTS_FILE)):
-            with open(os.path.join(ft_dir, RESULTS_FILE)) as f:
-                ft = json.load(f)
+        ft_dir = storage.join(workdir, "finetune", model)
+        if storage.exists(storage.join(ft_dir, RESULTS_FILE)):
+            ft = json.loads(storage.read_text(storage.join(ft_dir, RESULTS_FILE)))
         else:
             ft = finetune(dataclasses.replace(finetune_config, source=pre_dir), ft_dir)
         classes = load_metadata(config.corpus).num_classes
@@ -57,11 +54,9 @@ def compare_families(models: Sequence[str], pretrain_config: str, finetune_confi
                      "pretrain_device_hours": pre["device_hours"], "heldout_loss": pre["heldout_loss"],
                      "finetune_top1": ft["top1"], "finetune_top1_ema": ft["top1_ema"], "finetune_top5": ft["top5"]})
         log(format_table(rows[-1:]).splitlines()[-1])
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "comparison.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(os.path.join(workdir, "comparison.md"), "w") as f:
-        f.write(format_table(rows) + "\n")
+    storage.makedirs(workdir)
+    storage.write_atomic(storage.join(workdir, "comparison.json"), json.dumps(rows, indent=1))
+    storage.write_atomic(storage.join(workdir, "comparison.md"), format_table(rows) + "\n")
     return rows
 
 
