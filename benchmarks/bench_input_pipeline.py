@@ -10,10 +10,16 @@ Both read the same corpus in the same run; the table gives records/s and the rat
   ids:read+parse, ids:decode+augment
                    the cost of the per-record id check: the same corpus without id tables (the read path before
                    the check; the baseline) against with them (read, gather the expected ids, compare in the graph)
-It also times the checks made when a split is opened and the checksum verification of a run's first open.
+  remote:read+parse, remote:decode+augment
+                   the same corpus in a bucket (a copy uploaded to --remote, by default a GCS emulator started on
+                   127.0.0.1, reached through gcsfs) against the local corpus: each step's records fetched by
+                   concurrent range requests, several steps read ahead (docs/data.md, "Remote corpora")
+It also times the checks made when a split is opened, the checksum verification of a run's first open, and (with
+a remote stage) one batch of range reads from a local file, TensorFlow's ram:// filesystem and the bucket.
 
     python benchmarks/bench_input_pipeline.py                       # builds a 64 px synthetic corpus in /tmp
     python benchmarks/bench_input_pipeline.py --corpus DIR --image_size 224 --batches 100
+    python benchmarks/bench_input_pipeline.py --stages remote:read+parse --remote gs://my-bucket/bench
 """
 import argparse
 import json
@@ -26,6 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
+from keras_nfnet import storage  # noqa: E402
 from keras_nfnet.data import corpus, preprocess, records, verify  # noqa: E402
 from keras_nfnet.data.pipeline import record_batches, train_dataset  # noqa: E402
 from keras_nfnet.data.synthetic import make_synthetic_corpus  # noqa: E402
@@ -104,6 +111,40 @@ def time_open_checks(corpus_dir):
           f"{hashed / 1e6:.1f} MB in {hashing:.2f} s ({hashed / 1e6 / hashing:.0f} MB/s)")
 
 
+def upload(corpus_dir, remote):
+    """Copy a local corpus to `remote` (metadata last, as the writer publishes)."""
+    names = sorted(os.listdir(corpus_dir), key=lambda n: (n == corpus.METADATA_FILE, n))
+    for name in names:
+        with open(os.path.join(corpus_dir, name), "rb") as f:
+            storage.write_bytes(storage.join(remote, name), f.read())
+    return remote
+
+
+def time_range_reads(corpus_dir, remote, batch, repeats=5):
+    """Milliseconds to fetch one batch of records by (offset, length) from one shard: local, ram://, remote."""
+    import numpy as np
+
+    shard = corpus.load_metadata(corpus_dir).split("train").shards[0]["file"]
+    index = records.read_index(os.path.join(corpus_dir, shard))
+    picks = np.random.default_rng(0).choice(len(index), min(batch, len(index)), replace=False)
+    ranges = [(int(o), int(n) + records.FRAME_BYTES) for o, n in index[picks]]
+    ram = "ram://bench-range-reads"
+    storage.write_bytes(storage.join(ram, shard), open(os.path.join(corpus_dir, shard), "rb").read())
+    line = []
+    for label, root in (("local (os.pread)", corpus_dir), ("ram:// (tf.io.gfile)", ram), ("remote (gcsfs)", remote)):
+        path = storage.join(root, shard)
+        best = min(_timed(lambda: storage.read_ranges(path, ranges)) for _ in range(repeats))
+        line.append(f"{label} {best * 1e3:.1f} ms")
+    storage.rmtree(ram)
+    print(f"range reads of {len(ranges)} records from one shard: " + ", ".join(line))
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", help="existing corpus (default: build a synthetic one)")
@@ -117,8 +158,10 @@ def main():
     parser.add_argument("--shuffle_buffer", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats; the best is reported")
     parser.add_argument("--stages", default="read+parse,decode+augment,+RandAugment,+MixUp/CutMix,ids:read+parse,"
-                        "ids:decode+augment",
+                        "ids:decode+augment,remote:read+parse,remote:decode+augment",
                         help="comma-separated subset of the stages to time")
+    parser.add_argument("--remote", help="bucket directory to upload the corpus to for the remote stages "
+                        "(default: a GCS emulator on 127.0.0.1; needs the test extra's gcp-storage-emulator)")
     args = parser.parse_args()
     corpus_dir = args.corpus
     if corpus_dir is None:
@@ -129,7 +172,23 @@ def main():
         print(f"  generated at {stats['images_per_second']:.0f} images/s")
     files = corpus.load_metadata(corpus_dir).split("train").shard_paths(corpus_dir)
     time_open_checks(corpus_dir)
-    no_ids = without_id_tables(corpus_dir)
+    stages = args.stages.split(",")
+    remote = None
+    if any(stage.startswith("remote:") for stage in stages):
+        remote = args.remote
+        if remote is None:
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+            import gcs_emulator  # noqa: E402 - the tests' emulator helper
+
+            emulator = gcs_emulator.Emulator().__enter__()  # serves (a daemon thread) until the process exits
+            remote = f"gs://{gcs_emulator.BUCKET}/bench"
+            print(f"GCS emulator at {emulator.host}")
+        started = time.perf_counter()
+        upload(corpus_dir, storage.join(remote, "corpus"))
+        remote = storage.join(remote, "corpus")
+        print(f"uploaded the corpus to {remote} in {time.perf_counter() - started:.1f} s")
+        time_range_reads(corpus_dir, remote, args.batch)
+    no_ids = without_id_tables(corpus_dir) if any(stage.startswith("ids:") for stage in stages) else None
     spec = corpus.feature_spec()
     b, size = args.batch, args.image_size
     rows = [
@@ -159,8 +218,16 @@ def main():
              lambda e: tf.io.parse_example(e["serialized"], spec))),
         ("ids:decode+augment", "exactly-once, no id tables", lambda: train_dataset(no_ids, "train", b, size, seed=0)),
         ("ids:decode+augment", "exactly-once, id check", lambda: train_dataset(corpus_dir, "train", b, size, seed=0)),
+        ("remote:read+parse", "exactly-once, local corpus",
+         lambda: record_batches(corpus_dir, "train", b, seed=0).map(
+             lambda e: tf.io.parse_example(e["serialized"], spec))),
+        ("remote:read+parse", "exactly-once, remote corpus",
+         lambda: record_batches(remote, "train", b, seed=0).map(lambda e: tf.io.parse_example(e["serialized"], spec))),
+        ("remote:decode+augment", "exactly-once, local corpus",
+         lambda: train_dataset(corpus_dir, "train", b, size, seed=0)),
+        ("remote:decode+augment", "exactly-once, remote corpus", lambda: train_dataset(remote, "train", b, size, seed=0)),
     ]
-    rows = [r for r in rows if r[0] in args.stages.split(",")]
+    rows = [r for r in rows if r[0] in stages]
     results = {}
     for i in range(0, len(rows), 2):
         # Alternate the two pipelines of a stage, so that load from other processes hits both alike.

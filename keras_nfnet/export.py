@@ -32,7 +32,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_nfnet import layers
+from keras_nfnet import layers, storage
 from keras_nfnet.data import preprocess
 
 BYTES_SIGNATURE = "serving_default"
@@ -58,9 +58,9 @@ _MAGIC = ((b"\xff\xd8\xff", 3), (b"\x89PNG", 4), (b"GIF8", 4), (b"BM", 2))
 
 def next_version(model_dir):
     """1 + the largest numeric version under `model_dir` (1 when there is none), as TF Serving numbers them."""
-    if not os.path.isdir(model_dir):
+    if not storage.isdir(model_dir):
         return 1
-    versions = [int(d) for d in os.listdir(model_dir) if d.isdigit()]
+    versions = [int(d) for d in storage.listdir(model_dir) if d.isdigit()]
     return max(versions, default=0) + 1
 
 
@@ -319,13 +319,13 @@ def export_for_serving(
         raise ValueError(f"model must be a built keras.Model, got {type(model).__name__}")
     if not model_name or not all(c.isalnum() or c in "-_." for c in model_name) or model_name[0] == ".":
         raise ValueError(f"model_name must be letters, digits, '-', '_' or '.', got {model_name!r}")
-    model_dir = os.path.join(base_dir, model_name)
+    model_dir = storage.join(base_dir, model_name)
     if version is None:
         version = next_version(model_dir)
     if not isinstance(version, int) or isinstance(version, bool) or version <= 0:
         raise ValueError(f"version must be a positive int, got {version!r}")
-    final_dir = os.path.join(model_dir, str(version))
-    if os.path.exists(final_dir):
+    final_dir = storage.join(model_dir, str(version))
+    if storage.exists(final_dir):
         raise ValueError(f"{final_dir} already exists; choose another version (next free: {next_version(model_dir)})")
     image_size = _infer_image_size(model, image_size)
     if crop_fraction == "model":
@@ -341,8 +341,11 @@ def export_for_serving(
     if not isinstance(max_image_pixels, int) or isinstance(max_image_pixels, bool) or max_image_pixels <= 0:
         raise ValueError(f"max_image_pixels must be a positive int, got {max_image_pixels!r}")
 
-    os.makedirs(model_dir, exist_ok=True)
-    work_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    remote = storage.is_remote(model_dir)
+    if not remote:
+        os.makedirs(model_dir, exist_ok=True)
+    # Written locally beside the final directory (renamed into place), or in a local temporary one (uploaded).
+    work_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=None if remote else model_dir)
     try:
         # The table reads the names from a file that tf.saved_model.save copies into assets/.
         names_dir = tempfile.mkdtemp(dir=work_dir)
@@ -383,7 +386,10 @@ def export_for_serving(
             with tf.io.TFRecordWriter(os.path.join(saved_dir, WARMUP_FILE)) as writer:
                 for record in _warmup_records(model_name, image_size):
                     writer.write(record)
-        os.rename(saved_dir, final_dir)
+        if remote:
+            _upload_saved_model(saved_dir, final_dir)
+        else:
+            os.rename(saved_dir, final_dir)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     if verbose:
@@ -395,6 +401,18 @@ def export_for_serving(
             flush=True,
         )
     return final_dir
+
+
+def _upload_saved_model(local_dir, remote_dir):
+    """Copy a SavedModel directory to a bucket with saved_model.pb last: a bucket has no rename, and TF Serving
+    takes a version directory as loadable once its saved_model.pb exists, so it never loads a partial upload."""
+    files = []
+    for root, _, names in os.walk(local_dir):
+        files += [os.path.relpath(os.path.join(root, n), local_dir) for n in names]
+    for rel in sorted(files, key=lambda rel: (rel == "saved_model.pb", rel)):
+        with open(os.path.join(local_dir, rel), "rb") as src, \
+                storage.open(storage.join(remote_dir, *rel.split(os.sep)), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
 
 
 def preprocessing_metadata(image_size, crop_fraction):
@@ -412,12 +430,11 @@ def preprocessing_metadata(image_size, crop_fraction):
 
 def read_preprocessing(export_dir):
     """The evaluation view an export was written with (`assets.extra/preprocessing.json`)."""
-    with open(os.path.join(export_dir, PREPROCESSING_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(storage.join(export_dir, *PREPROCESSING_FILE.split(os.sep))))
 
 
 def read_class_names(export_dir):
     """The class names shipped with an export (line i = class i)."""
-    with open(os.path.join(export_dir, "assets", CLASS_NAMES_ASSET), encoding="utf-8") as f:
-        return f.read().split("\n")[:-1]  # not splitlines(): names may hold \x0c or \u2028
+    # not splitlines(): names may hold \x0c or \u2028
+    return storage.read_text(storage.join(export_dir, "assets", CLASS_NAMES_ASSET)).split("\n")[:-1]
 

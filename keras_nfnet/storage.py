@@ -41,11 +41,9 @@ def _is_gfile(path):
 def _fs(path):
     """(fsspec filesystem, path without its scheme). The listing cache is off: other processes (a resumed run,
     another host) write to the same bucket, and a stale listing would hide their files."""
-    import fsspec
+    from fsspec.core import url_to_fs
 
-    protocol = _scheme(path)
-    fs = fsspec.filesystem(protocol, use_listings_cache=False)
-    return fs, fs._strip_protocol(os.fspath(path))
+    return url_to_fs(os.fspath(path), use_listings_cache=False)
 
 
 def _gfile():
@@ -69,6 +67,11 @@ def basename(path):
 def dirname(path):
     path = os.fspath(path)
     return posixpath.dirname(path.rstrip("/")) if is_remote(path) else os.path.dirname(path)
+
+
+def abspath(path):
+    """An absolute local path, or the URL unchanged."""
+    return os.fspath(path) if is_remote(path) else os.path.abspath(path)
 
 
 def exists(path):
@@ -199,6 +202,19 @@ def size(path):
     return fs.size(p)
 
 
+def version(path):
+    """Something that changes whenever the file is rewritten (size and modification time; an object store's
+    own key: GCS's generation), for caches of remote files."""
+    if not is_remote(path):
+        st = os.stat(path)
+        return (st.st_size, st.st_mtime_ns)
+    if _is_gfile(path):
+        st = _gfile().stat(path)
+        return (st.length, st.mtime_nsec)
+    fs, p = _fs(path)
+    return fs.ukey(p)
+
+
 def write_atomic(path, data):
     """Write a whole file so that readers see the old contents or the new, never a part. Local: a temporary
     file in the same directory, flushed to disk, then renamed over `path`. fsspec stores: one object put (atomic
@@ -252,8 +268,8 @@ def fetch_ranges(requests, fs=None):
     if fs is None and not (is_remote(requests[0][0]) and not _is_gfile(requests[0][0])):
         return [read_ranges(p, [(o, n)])[0] for p, o, n in requests]  # local files and tf.io.gfile: one by one
     if fs is None:
-        fs, _ = _fs(requests[0][0])
-        requests = [(fs._strip_protocol(p), o, n) for p, o, n in requests]
+        fs = _fs(requests[0][0])[0]
+        requests = [(_fs(p)[1], o, n) for p, o, n in requests]
     return fs.cat_ranges([p for p, _, _ in requests], [o for _, o, _ in requests],
                          [o + n for _, o, n in requests], on_error="raise")
 
@@ -322,6 +338,27 @@ class staged_dir:  # noqa: N801 - used like a function: `with storage.staged_dir
 _FETCHED = []
 
 
+def _fetch_area():
+    if not _FETCHED:
+        import atexit
+
+        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _FETCHED])
+    local = tempfile.mkdtemp(prefix="nfnet-fetch-")
+    _FETCHED.append(local)
+    return local
+
+
+def fetch_file(path):
+    """A local file holding the bytes of `path`: `path` itself when local, else a fresh temporary copy (removed
+    when the process exits) for readers that need a local file (h5py, memory maps)."""
+    if not is_remote(path):
+        return os.fspath(path)
+    local = os.path.join(_fetch_area(), basename(path))
+    with open(path, "rb") as src, builtins.open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
+    return local
+
+
 def fetch_dir(path):
     """A local directory holding the files of `path`: `path` itself when local, else a fresh temporary copy
     (removed when the process exits)."""
@@ -329,12 +366,7 @@ def fetch_dir(path):
         raise FileNotFoundError(f"no such directory: {path}")
     if not is_remote(path):
         return os.fspath(path)
-    local = tempfile.mkdtemp(prefix="nfnet-fetch-")
-    if not _FETCHED:
-        import atexit
-
-        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _FETCHED])
-    _FETCHED.append(local)
+    local = _fetch_area()
     _download_tree(os.fspath(path), local)
     return local
 

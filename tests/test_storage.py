@@ -137,3 +137,64 @@ def test_gcs_objects_are_on_the_emulator(gcs_server, gcs_dir):
     """What storage writes to gs:// is an object on the HTTP server, readable by a plain GET."""
     storage.write_atomic(storage.join(gcs_dir, "x", "marker.json"), '{"ok": 1}')
     assert _emulator_object(gcs_server, storage.join(gcs_dir, "x", "marker.json")) == b'{"ok": 1}'
+
+
+def test_sweep_results_table_on_a_bucket(gcs_dir):
+    """The sweep's JSON-lines table and CSV in a bucket (no append there: each append rewrites the object)."""
+    from keras_nfnet.scaling.results import FIELDS, ResultsStore, RunResult, read_csv
+
+    def row(run_id, loss):
+        return RunResult(run_id=run_id, variant="S0", params=1, macs_per_image=2, epochs=1.0, learning_rate=0.4,
+                         steps=10, batch_size=8, heldout_loss=loss, flops=1e9, device_hours=0.01)
+
+    store = ResultsStore(storage.join(gcs_dir, "sweep", "results.jsonl"))
+    assert store.load() == []
+    for run_id, loss in (("a", 3.0), ("b", 2.0), ("a", 2.5)):
+        store.append(row(run_id, loss))
+    lines = storage.read_text(store.path).splitlines()
+    assert len(lines) == 3 and [json.loads(line)["heldout_loss"] for line in lines] == [3.0, 2.0, 2.5]
+    assert [(r.run_id, r.heldout_loss) for r in store.load()] == [("b", 2.0), ("a", 2.5)]
+    store.to_csv(storage.join(gcs_dir, "sweep", "results.csv"))
+    assert storage.read_text(storage.join(gcs_dir, "sweep", "results.csv")).splitlines()[0] == ",".join(FIELDS)
+    assert [(r.run_id, r.heldout_loss) for r in read_csv(storage.join(gcs_dir, "sweep", "results.csv"))] == [
+        ("b", 2.0), ("a", 2.5)]
+
+
+def test_sweep_with_its_workdir_on_a_bucket_matches_a_local_sweep(gcs_dir, tmp_path):
+    """The sweep driver with runs, results and summaries in a bucket: the same runs and rows as on a local disk."""
+    import dataclasses
+
+    from keras_nfnet.scaling import sweep
+    from keras_nfnet.scaling.results import ResultsStore
+    from tests.test_scaling_sweep import FakeTrainer, _spec
+
+    class UploadingTrainer(FakeTrainer):  # writes a run locally as the stand-in trainer does, then uploads it
+        def __call__(self, run, spec):
+            local = dataclasses.replace(run, run_dir=str(tmp_path / "staging" / run.run_id))
+            super().__call__(local, spec)
+            for name in os.listdir(local.run_dir):
+                with open(os.path.join(local.run_dir, name), "rb") as f:
+                    storage.write_bytes(storage.join(run.run_dir, name), f.read())
+
+    spec = _spec(tmp_path, variants=["S0"], epoch_budgets=[0.5, 2])
+    on_disk, on_bucket = FakeTrainer(), UploadingTrainer()
+    sweep.run_sweep(spec, str(tmp_path / "local"), launcher=on_disk, log=lambda s: None)
+    plan = sweep.run_sweep(spec, storage.join(gcs_dir, "sweep"), launcher=on_bucket, log=lambda s: None)
+    assert plan.complete and on_bucket.launched == on_disk.launched
+    want = ResultsStore(str(tmp_path / "local" / sweep.RESULTS_FILE)).load()
+    got = ResultsStore(storage.join(gcs_dir, "sweep", sweep.RESULTS_FILE)).load()
+    assert [dataclasses.replace(r, run_dir="") for r in got] == [dataclasses.replace(r, run_dir="") for r in want]
+    assert all(r.run_dir == storage.join(gcs_dir, "sweep", "runs", r.run_id) for r in got)
+    for r in got:
+        assert storage.exists(storage.join(r.run_dir, "diverged.json" if r.status == "diverged" else "result.json"))
+
+    # The analysis written into the bucket holds what a local analysis of the same rows holds.
+    from keras_nfnet.scaling import report
+
+    local_out, remote_out = str(tmp_path / "analysis"), storage.join(gcs_dir, "sweep", "analysis")
+    report.analyze(want, local_out, n_bootstrap=10)
+    report.analyze(got, remote_out, n_bootstrap=10, tensorboard_dir=storage.join(remote_out, "tensorboard"))
+    assert sorted(storage.listdir(remote_out)) == sorted(os.listdir(local_out) + ["tensorboard"])
+    with open(os.path.join(local_out, "fits.json")) as f:
+        assert json.loads(storage.read_text(storage.join(remote_out, "fits.json"))) == json.load(f)
+    assert any("tfevents" in n for n in storage.listdir(storage.join(remote_out, "tensorboard")))

@@ -1,4 +1,4 @@
-"""Checkpoints in a bucket (GCS emulator over HTTP): no rename there, so a checkpoint is complete once its COMMITTED
+"""Checkpoints in a bucket (GCS emulator over HTTP; also TensorFlow's ram:// through tf.io.gfile): no rename there, so a checkpoint is complete once its COMMITTED
 marker, written last, exists. An uncommitted one (a write cut short) is ignored and cleaned up, pruning never
 leaves a half-deleted checkpoint that looks complete, and the damaged-checkpoint fallback works as locally. The
 reference for restored values is the in-memory model that was saved."""
@@ -29,8 +29,9 @@ def _assert_same_weights(a, b):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 
-def test_remote_checkpoints_commit_prune_and_restore(gcs_dir):
-    directory = storage.join(gcs_dir, "checkpoints")
+@pytest.mark.parametrize("where", ["gcs_dir", "ram_dir"])
+def test_remote_checkpoints_commit_prune_and_restore(where, request):
+    directory = storage.join(request.getfixturevalue(where), "checkpoints")
     manager = CheckpointManager(directory, keep=2)
     model = _model()
     saved = {}
@@ -87,3 +88,32 @@ def test_remote_damaged_checkpoint_is_set_aside(gcs_dir):
     with pytest.raises(DamagedCheckpointsError, match="ckpt-000000001: model.weights.h5 does not load"):
         manager.restore(_model(seed=3))
     assert storage.exists(storage.join(manager.path(1), COMMIT_FILE))  # none intact: nothing moved
+
+
+@pytest.mark.parametrize("where", ["gcs_dir", "ram_dir"])
+def test_tensorboard_events_reach_the_store_on_each_flush(where, request):
+    """SummaryWriter: events written locally, uploaded on flush and close; read back with TensorFlow's own event
+    reader from a downloaded copy."""
+    import tensorflow as tf
+
+    from keras_nfnet.training.callbacks import SummaryWriter
+
+    logdir = storage.join(request.getfixturevalue(where), "tensorboard")
+    writer = SummaryWriter(logdir)
+
+    def scalars():
+        values = {}
+        for name in storage.listdir(logdir):
+            for event in tf.compat.v1.train.summary_iterator(storage.fetch_file(storage.join(logdir, name))):
+                for value in event.summary.value:
+                    values[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+        return values
+
+    with writer.as_default(step=1):
+        tf.summary.scalar("train/loss", 2.5)
+    writer.flush()
+    assert scalars() == {("train/loss", 1): 2.5}
+    with writer.as_default(step=2):
+        tf.summary.scalar("train/loss", 1.5)
+    writer.close()
+    assert scalars() == {("train/loss", 1): 2.5, ("train/loss", 2): 1.5}

@@ -32,7 +32,6 @@ def main(argv):
 
     from keras_nfnet import storage
     from keras_nfnet.export import DEFAULT_MAX_IMAGE_PIXELS, export_for_serving
-    from keras_nfnet.jobs.sources import local_file
 
     model_path, image_size, class_names = FLAGS.model, FLAGS.image_size, None
     if FLAGS.finetune_workdir:
@@ -52,7 +51,7 @@ def main(argv):
         raise app.UsageError(f"model file {model_path} does not exist")
     if FLAGS.class_names:
         class_names = storage.read_text(FLAGS.class_names).splitlines()
-    model = keras.saving.load_model(local_file(model_path), compile=False)
+    model = keras.saving.load_model(storage.fetch_file(model_path), compile=False)
     export_for_serving(model, FLAGS.base_dir, FLAGS.model_name, version=FLAGS.version, class_names=class_names,
                        image_size=image_size, top_k=FLAGS.top_k, warmup=FLAGS.warmup,
                        max_image_pixels=FLAGS.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)

@@ -12,11 +12,8 @@ the `image/id` of each record in order. Reading record i checks that its Example
 shard checks the table's first and last id against the metadata, so a shard (with its index and id table) copied
 over another, two shards swapped, or a duplicated index entry is an error instead of a silent change of the epoch.
 """
-import atexit
 import os
-import shutil
 import struct
-import tempfile
 
 import google_crc32c
 import numpy as np
@@ -122,7 +119,7 @@ def read_ids(shard_path):
     path = ids_path(shard_path)
     if not storage.exists(path):
         return None
-    local = _local_copy(path)
+    local = _local_file(path)
     size = os.path.getsize(local)
     if size % 8:
         raise CorruptRecordError(f"id table {storage.basename(path)} is not a whole number of int64 ids "
@@ -139,7 +136,7 @@ def read_index(shard_path):
     path = index_path(shard_path)
     if not storage.exists(path):
         raise FileNotFoundError(f"record index {path} is missing (rebuild it with keras_nfnet.data.records.scan_shard)")
-    local = _local_copy(path)
+    local = _local_file(path)
     size = os.path.getsize(local)
     if size % 16:
         raise CorruptRecordError(f"record index {storage.basename(path)} is not a whole number of (offset, length) "
@@ -150,21 +147,18 @@ def read_index(shard_path):
     return np.memmap(local, dtype="<i8", mode="c", shape=(size // 16, 2))
 
 
-_CACHE = []
+_FETCHED = {}  # (remote path, version) -> local copy, so that each pipeline built in a process reuses one download
 
 
-def _local_copy(path):
-    """`path` itself when local; for a remote index or id table, a copy in this process's temporary cache (removed
-    at exit), so that it is memory-mapped like a local one instead of held in memory."""
+def _local_file(path):
+    """`path` when local; for a remote index or id table, a local copy (downloaded once per process and object
+    version, removed at exit), memory-mapped like a local one rather than held in memory."""
     if not storage.is_remote(path):
         return path
-    if not _CACHE:
-        _CACHE.append(tempfile.mkdtemp(prefix="nfnet-index-"))
-        atexit.register(shutil.rmtree, _CACHE[0], True)
-    local = tempfile.NamedTemporaryFile(dir=_CACHE[0], suffix="-" + storage.basename(path), delete=False)
-    with local, storage.open(path, "rb") as src:
-        shutil.copyfileobj(src, local, 1 << 22)
-    return local.name
+    key = (path, storage.version(path))
+    if key not in _FETCHED:
+        _FETCHED[key] = storage.fetch_file(path)
+    return _FETCHED[key]
 
 
 _CHECK_CHUNK = 1 << 20  # index entries checked per numpy pass (16 MB), so a huge shard needs no huge array

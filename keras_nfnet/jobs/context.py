@@ -15,7 +15,6 @@ Every job writes one `result.json` into its work directory when it completes, wi
 A run that diverges writes no result (the job raises TrainingDiverged; the apps exit with status 3).
 """
 import json
-import os
 import time
 
 from keras_nfnet import storage
@@ -73,10 +72,11 @@ def compile_model(model, strategy, optimizer, loss, steps_per_execution=1, jit_c
 
 
 def tensorboard_writer(workdir, chief=True):
-    """The event writer of the run (a non-chief worker writes to a scratch directory nobody reads)."""
-    import tensorflow as tf
+    """The event writer of the run, local or remote (callbacks.SummaryWriter); a non-chief worker writes to a
+    scratch directory nobody reads."""
+    from keras_nfnet.training.callbacks import SummaryWriter
 
-    return tf.summary.create_file_writer(storage.join(workdir, TENSORBOARD_DIR if chief else ".tb_worker"))
+    return SummaryWriter(storage.join(workdir, TENSORBOARD_DIR if chief else ".tb_worker"))
 
 
 def raise_if_diverged(guard, checkpoints=None, hint=""):
@@ -107,7 +107,7 @@ class Clock:
 
 def result(job, status, workdir, config, metrics, step=0, total_steps=0, seconds=0.0, bad_records=None):
     """The result dict every job returns (and writes, when done): see the module docstring."""
-    workdir = absolute(workdir)
+    workdir = storage.abspath(workdir)
     return {"job": job, "status": status, "step": int(step), "total_steps": int(total_steps),
             "seconds": seconds, "workdir": workdir, "tensorboard_dir": storage.join(workdir, TENSORBOARD_DIR),
             "bad_records": bad_records or {}, "config": config_lib.as_dict(config) if hasattr(config, "to_dict")
@@ -129,8 +129,3 @@ def read_result(workdir):
 def write_json(path, value):
     """Written atomically: a reader never sees a partial file."""
     storage.write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
-
-
-def absolute(path):
-    """A local path made absolute; a URL as it is."""
-    return path if storage.is_remote(path) else os.path.abspath(path)

@@ -269,7 +269,7 @@ def finetune(config, workdir, strategy=None):
             "top5_ema": evaluated["ema"]["top5"] if config.ema else None,
             "eval_loss": evaluated["raw"]["loss"], "eval_examples": evaluated["raw"]["examples"],
             "best_weights": best,
-            "best_model": storage.join(context.absolute(workdir), "model.keras" if best == "raw" else
+            "best_model": storage.join(storage.abspath(workdir), "model.keras" if best == "raw" else
                                        "model_ema.keras"),
             "variant": variant, "source": config.source or None, "from_scratch": pretrained is None,
             "eval_split": eval_split, "image_size": image_size, "eval_image_size": eval_size,

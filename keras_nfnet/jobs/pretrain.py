@@ -229,7 +229,7 @@ def pretrain(config, workdir, strategy=None):
     writer = context.tensorboard_writer(workdir, chief)
     if chief and start_step == 0:
         cb.write_hparams(writer, config_lib.as_dict(config),
-                         trial_id=storage.basename(context.absolute(workdir).rstrip("/")))
+                         trial_id=storage.basename(storage.abspath(workdir).rstrip("/")))
 
     def train_fn(ctx):
         return pipeline.train_dataset(config.corpus, config.train_split, config.global_batch_size, image_size,

@@ -61,12 +61,12 @@ def load_model(source):
     if finished is not None and finished.get("job") == "finetune":
         source = finished["metrics"]["best_model"]
     if source.endswith(".keras"):
-        model = keras.saving.load_model(local_file(source), compile=False)
+        model = keras.saving.load_model(storage.fetch_file(source), compile=False)
         if not isinstance(model, (NFNet, ViT)):
             raise ValueError(f"{source} holds a {type(model).__name__}, not a keras_nfnet NFNet or ViT")
         return model
     weights, pre = _checkpoint_weights(source)
-    weights = local_file(weights)  # h5py reads local files
+    weights = storage.fetch_file(weights)  # h5py reads local files
     model = architectures.build(pre["variant"], num_classes=_classes_in_weights(weights), stochastic_depth_rate=0.0,
                                 dropout_rate=0.0)
     try:
@@ -78,14 +78,3 @@ def load_model(source):
     log.info("loaded %s (%s) from %s", pre["variant"], model.num_classes, weights)
     return model
 
-
-def local_file(path):
-    """`path` itself when local; else a temporary local copy (Keras and h5py open local files only)."""
-    if not storage.is_remote(path):
-        return path
-    import tempfile
-
-    local = os.path.join(tempfile.mkdtemp(prefix="nfnet-model-"), storage.basename(path))
-    with open(local, "wb") as f:
-        f.write(storage.read_bytes(path))
-    return local

@@ -18,7 +18,6 @@ collected and analysed (keras_nfnet.scaling.sweep).
 learning rate). `--results` analyses a table of runs made elsewhere (JSON lines or CSV). The table of runs is
 `<workdir>/runs.jsonl`; each run trains in `<workdir>/runs/<run_id>/`.
 """
-import os
 import sys
 
 from absl import app as absl_app
@@ -126,10 +125,9 @@ def _analyze(spec):
     else:
         results = _store().load()
     out = FLAGS.out or storage.join(FLAGS.workdir or storage.dirname(FLAGS.results), "analysis")
-    with storage.staged_dir(out) as local:  # figures and TensorBoard files are written locally, then uploaded
-        report.analyze(results, local, compute=spec.compute, size=spec.size, irreducible=spec.irreducible,
-                       n_bootstrap=spec.n_bootstrap, tensorboard_dir=os.path.join(local, "tensorboard"))
-        print(open(os.path.join(local, "report.txt"), encoding="utf-8").read())
+    report.analyze(results, out, compute=spec.compute, size=spec.size, irreducible=spec.irreducible,
+                   n_bootstrap=spec.n_bootstrap, tensorboard_dir=storage.join(out, "tensorboard"))
+    print(storage.read_text(storage.join(out, "report.txt")))
     print(f"figures, fits.json and results.csv in {out}")
     return out
 

@@ -9,10 +9,9 @@ Each model pretrains in `<workdir>/pretrain/<model>` and fine-tunes in `<workdir
 resume or are skipped when their results are already there, so an interrupted comparison goes on where it stopped.
 """
 import json
-import os
 from typing import List, Sequence
 
-from keras_nfnet import architectures
+from keras_nfnet import architectures, storage
 
 FIELDS = ("family", "model", "params", "macs_per_image", "pretrain_steps", "pretrain_flops", "pretrain_device_hours",
           "heldout_loss", "finetune_top1", "finetune_top1_ema", "finetune_top5")
@@ -36,9 +35,9 @@ def compare_families(models: Sequence[str], pretrain_config: str, finetune_confi
     rows = []
     for model in models:
         config = config_lib.override(pretrain_config, {"variant": model})
-        pre_dir = os.path.join(workdir, "pretrain", model)
+        pre_dir = storage.join(workdir, "pretrain", model)
         pre = context.read_result(pre_dir) or pretrain(config, pre_dir)
-        ft_dir = os.path.join(workdir, "finetune", model)
+        ft_dir = storage.join(workdir, "finetune", model)
         ft = context.read_result(ft_dir) or finetune(config_lib.override(finetune_config, {"source": pre_dir}),
                                                      ft_dir)
         pre, ft = dict(pre["metrics"], step=pre["step"]), ft["metrics"]
@@ -51,11 +50,9 @@ def compare_families(models: Sequence[str], pretrain_config: str, finetune_confi
                      "pretrain_device_hours": pre["device_hours"], "heldout_loss": pre["heldout_loss"],
                      "finetune_top1": ft["top1"], "finetune_top1_ema": ft["top1_ema"], "finetune_top5": ft["top5"]})
         log(format_table(rows[-1:]).splitlines()[-1])
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "comparison.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(os.path.join(workdir, "comparison.md"), "w") as f:
-        f.write(format_table(rows) + "\n")
+    storage.makedirs(workdir)
+    storage.write_atomic(storage.join(workdir, "comparison.json"), json.dumps(rows, indent=1))
+    storage.write_atomic(storage.join(workdir, "comparison.md"), format_table(rows) + "\n")
     return rows
 
 

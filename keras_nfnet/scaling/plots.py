@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from keras_nfnet import storage
 from keras_nfnet.scaling import fit as fitlib
 
 _COMPUTE_LABEL = {"flops": "training compute (FLOPs)", "device_hours": "training compute (device-hours)"}
@@ -131,11 +132,12 @@ def write_tensorboard_images(png_paths: List[str], logdir: str, step: int = 0) -
     """Writes each PNG as an image summary (tag = file name without extension) under `logdir`."""
     import tensorflow as tf
 
-    writer = tf.summary.create_file_writer(logdir)
-    with writer.as_default():
-        for p in png_paths:
-            with open(p, "rb") as f:
-                image = tf.image.decode_png(f.read(), channels=4)
-            tf.summary.image(os.path.splitext(os.path.basename(p))[0], image[None], step=step)
-    writer.flush()
-    writer.close()
+    with storage.staged_dir(logdir) as local:  # TensorFlow's own writer cannot reach every store: uploaded on exit
+        writer = tf.summary.create_file_writer(local)
+        with writer.as_default():
+            for p in png_paths:
+                with open(p, "rb") as f:
+                    image = tf.image.decode_png(f.read(), channels=4)
+                tf.summary.image(os.path.splitext(os.path.basename(p))[0], image[None], step=step)
+        writer.flush()
+        writer.close()

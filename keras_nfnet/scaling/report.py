@@ -13,6 +13,7 @@ import math
 import os
 from typing import List, Optional
 
+from keras_nfnet import storage
 from keras_nfnet.scaling import fit as fitlib
 from keras_nfnet.scaling import plots
 from keras_nfnet.scaling.results import RunResult, write_csv
@@ -26,7 +27,11 @@ def analyze(results: List[RunResult], out_dir: str, compute: str = "flops", size
     ok = [r for r in results if r.ok]
     if not ok:
         raise ValueError("no finished run with a finite held-out loss to analyse")
-    os.makedirs(out_dir, exist_ok=True)
+    with storage.staged_dir(out_dir) as local:  # a bucket's figures and files are written locally, then uploaded
+        return _analyze(results, ok, local, compute, size, irreducible, n_bootstrap, seed, tensorboard_dir)
+
+
+def _analyze(results, ok, out_dir, compute, size, irreducible, n_bootstrap, seed, tensorboard_dir):
     write_csv(results, os.path.join(out_dir, "results.csv"))
 
     cells = fitlib.best_per_cell(ok, compute)

@@ -6,10 +6,13 @@ same `run_id` (the newest row wins when reading). `to_csv` writes the same table
 """
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 from typing import Iterable, List, Optional
+
+from keras_nfnet import storage
 
 
 @dataclasses.dataclass
@@ -67,14 +70,19 @@ FIELDS = [f.name for f in dataclasses.fields(RunResult)]
 
 
 class ResultsStore:
-    """Append-only JSON-lines table of `RunResult`s at `path` (created on first append)."""
+    """Append-only JSON-lines table of `RunResult`s at `path` (created on first append). In a bucket, where an
+    object cannot be appended to, an append rewrites the whole table in one object put (one writer: the sweep)."""
 
     def __init__(self, path: str):
         self.path = path
 
     def append(self, result: RunResult) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         line = json.dumps(_jsonable(result.to_dict()), sort_keys=True)
+        if storage.is_remote(self.path):
+            old = storage.read_text(self.path) if storage.exists(self.path) else ""
+            storage.write_atomic(self.path, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         # One write of a whole line, flushed and synced: a crash leaves at worst one partial last line.
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -83,11 +91,10 @@ class ResultsStore:
 
     def load(self) -> List[RunResult]:
         """All runs, newest row per `run_id`, in first-seen order. A truncated last line is skipped."""
-        if not os.path.exists(self.path):
+        if not storage.exists(self.path):
             return []
         rows = {}
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
+        lines = storage.read_text(self.path).split("\n")
         for i, line in enumerate(lines):
             if not line.strip():
                 continue
@@ -122,11 +129,12 @@ class ResultsStore:
 
 
 def write_csv(results: Iterable[RunResult], csv_path: str) -> None:
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        for r in results:
-            writer.writerow({k: ("" if v is None else v) for k, v in r.to_dict().items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=FIELDS)
+    writer.writeheader()
+    for r in results:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.to_dict().items()})
+    storage.write_atomic(csv_path, text.getvalue())
 
 
 def read_csv(csv_path: str) -> List[RunResult]:
@@ -135,7 +143,7 @@ def read_csv(csv_path: str) -> List[RunResult]:
     floats = {"epochs", "learning_rate", "heldout_loss", "flops", "device_hours", "heldout_accuracy",
               "finetune_accuracy"}
     out = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with io.StringIO(storage.read_bytes(csv_path).decode("utf-8"), newline="") as f:
         for row in csv.DictReader(f):
             clean = {}
             for k, v in row.items():

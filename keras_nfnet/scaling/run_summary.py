@@ -8,10 +8,10 @@ The pretraining job (`keras_nfnet.jobs.pretrain`) leaves in its workdir:
 A run that diverged (the job exits with status 3 and writes no result.json) is marked by the sweep with
 `diverged.json`, so the learning-rate search counts it as tried without re-running it.
 """
-import glob
 import json
 import os
 
+from keras_nfnet import storage
 from keras_nfnet.scaling.results import RunResult
 
 RESULT_FILE = "result.json"
@@ -20,7 +20,7 @@ CONFIG_FILE = "config.json"
 
 
 def is_finished(run_dir: str) -> bool:
-    return os.path.isfile(os.path.join(run_dir, RESULT_FILE)) or os.path.isfile(os.path.join(run_dir, DIVERGED_FILE))
+    return storage.exists(storage.join(run_dir, RESULT_FILE)) or storage.exists(storage.join(run_dir, DIVERGED_FILE))
 
 
 def mark_diverged(run_dir: str, message: str) -> None:
@@ -29,10 +29,7 @@ def mark_diverged(run_dir: str, message: str) -> None:
     compute = state.get("compute", {})
     row = {"message": message.strip()[-2000:], "step": state.get("step", 0),
            "flops": float(compute.get("flops", 0.0)), "device_hours": float(compute.get("device_seconds", 0.0)) / 3600}
-    tmp = os.path.join(run_dir, DIVERGED_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(row, f, indent=1)
-    os.replace(tmp, os.path.join(run_dir, DIVERGED_FILE))
+    storage.write_atomic(storage.join(run_dir, DIVERGED_FILE), json.dumps(row, indent=1))
 
 
 def collect_run(run, spec=None) -> RunResult:
@@ -45,18 +42,18 @@ def read_run_dir(run_dir: str, run_id: str = None, learning_rate: float = None) 
     from keras_nfnet.data.corpus import load_metadata
     from keras_nfnet.architectures import count_macs, count_params, get_row
 
-    config = _read_json(os.path.join(run_dir, CONFIG_FILE), "the run's config (written when it started)")
-    diverged_path = os.path.join(run_dir, DIVERGED_FILE)
-    if os.path.isfile(diverged_path):
+    config = _read_json(storage.join(run_dir, CONFIG_FILE), "the run's config (written when it started)")
+    diverged_path = storage.join(run_dir, DIVERGED_FILE)
+    if storage.exists(diverged_path):
         summary, status = _read_json(diverged_path, "the divergence marker"), "diverged"
         summary["heldout_loss"] = None
     else:
-        result = _read_json(os.path.join(run_dir, RESULT_FILE), "the run's result (written when its budget is done)")
+        result = _read_json(storage.join(run_dir, RESULT_FILE), "the run's result (written when its budget is done)")
         summary, status = dict(result["metrics"], step=result["step"]), "finished"
     info = load_metadata(config["corpus"])
     image_size = config.get("image_size") or get_row(config["variant"]).train_image_size
     return RunResult(
-        run_id=run_id or os.path.basename(os.path.normpath(run_dir)),
+        run_id=run_id or storage.basename(run_dir.rstrip("/") if storage.is_remote(run_dir) else os.path.normpath(run_dir)),
         variant=config["variant"],
         params=count_params(config["variant"], num_classes=info.num_classes),
         macs_per_image=count_macs(config["variant"], image_size, num_classes=info.num_classes),
@@ -69,22 +66,20 @@ def read_run_dir(run_dir: str, run_id: str = None, learning_rate: float = None) 
         device_hours=float(summary["device_hours"]),
         image_size=int(image_size),
         seed=int(config.get("seed", 0)),
-        run_dir=os.path.abspath(run_dir),
+        run_dir=storage.abspath(run_dir),
         status=status,
     )
 
 
 def _read_json(path, what):
-    if not os.path.isfile(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} is missing ({what}); was this directory made by the pretraining job "
                                 f"(keras_nfnet.jobs.pretrain), and did the run finish?")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(path))
 
 
 def _latest_checkpoint_state(run_dir):
-    states = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*", "state.json")))
+    states = storage.glob(storage.join(run_dir, "checkpoints", "ckpt-*", "state.json"))
     if not states:
         return {}
-    with open(states[-1], encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(states[-1]))

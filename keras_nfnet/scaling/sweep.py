@@ -19,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -162,7 +163,7 @@ def tried_table(results: List[RunResult]) -> Dict[Tuple[str, float], Dict[float,
 
 def plan_sweep(spec: SweepSpec, results: List[RunResult], workdir: str) -> Plan:
     """What to run next, given the results so far. Cells are visited smallest model first, shortest budget first."""
-    workdir = _absolute(workdir)  # runs may be launched from another directory
+    workdir = storage.abspath(workdir)  # runs may be launched from another directory
     table = tried_table(results)
     ready, waiting, finished = [], [], {}
     for variant in spec.variants:
@@ -275,17 +276,22 @@ def launch_subprocess(run: PlannedRun, spec: SweepSpec) -> None:
     """
     from keras_nfnet.scaling import run_summary
 
-    storage.makedirs(run.run_dir)
     log_path = storage.join(run.run_dir, "train.log")
-    with storage.staged_dir(run.run_dir) as local:  # the child writes a local log; a remote run dir gets it on exit
-        local_log = os.path.join(local, "train.log")
-        if storage.is_remote(log_path) and storage.exists(log_path):  # a resumed run appends to its log
-            with open(local_log, "wb") as f:
-                f.write(storage.read_bytes(log_path))
-        with open(local_log, "a", encoding="utf-8") as log:
-            proc = subprocess.run(run.command(spec, sys.executable), stdout=log, stderr=subprocess.STDOUT)
-        with open(local_log, encoding="utf-8", errors="replace") as f:
-            tail = "".join(f.readlines()[-25:])
+    # The child writes its output to a local file; in a bucket (no append) the log is uploaded after the run.
+    local_log = log_path
+    if storage.is_remote(log_path):
+        fd, local_log = tempfile.mkstemp(prefix="sweep-run-", suffix=".log")
+        os.close(fd)
+    storage.makedirs(run.run_dir)
+    with open(local_log, "a", encoding="utf-8") as log:
+        proc = subprocess.run(run.command(spec, sys.executable), stdout=log, stderr=subprocess.STDOUT)
+    with open(local_log, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    if local_log != log_path:
+        earlier = storage.read_text(log_path) if storage.exists(log_path) else ""
+        storage.write_atomic(log_path, earlier + text)
+        os.remove(local_log)
+    tail = "".join(text.splitlines(keepends=True)[-25:])
     if proc.returncode == 3:
         run_summary.mark_diverged(run.run_dir, tail)
         return
@@ -382,9 +388,5 @@ def _fmt_loss(r: RunResult) -> str:
 
 def format_commands(runs: List[PlannedRun], sweep_args: List[str], workdir: str, python: str = "python") -> str:
     """One cluster job per line (each runs from any directory where the package is installed)."""
-    return "\n".join(shlex.join(r.job_command(sweep_args, _absolute(workdir), python)) for r in runs)
-
-
-def _absolute(path):
-    return path if storage.is_remote(path) else os.path.abspath(path)
+    return "\n".join(shlex.join(r.job_command(sweep_args, storage.abspath(workdir), python)) for r in runs)
 

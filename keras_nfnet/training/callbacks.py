@@ -13,7 +13,34 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_nfnet import storage
+
 log = logging.getLogger(__name__)
+
+
+class SummaryWriter:
+    """A `tf.summary` file writer for a local or remote log directory. TensorFlow's own gs:// filesystem cannot be
+    pointed at another endpoint (an emulator, a proxy) and needs TensorFlow's cloud build, so events are written
+    to a local staging directory and uploaded on every `flush()` (the callbacks flush at each log interval) and
+    on `close()`. A local directory is written in place, as by `tf.summary.create_file_writer`."""
+
+    def __init__(self, logdir):
+        self.logdir = logdir
+        self._stage = storage.staged_dir(logdir)
+        self._writer = tf.summary.create_file_writer(self._stage.__enter__())
+
+    def as_default(self, step=None):
+        return self._writer.as_default(step=step)
+
+    def flush(self):
+        self._writer.flush()
+        self._stage.sync()
+
+    def close(self):
+        if self._stage is not None:
+            self._writer.close()
+            stage, self._stage = self._stage, None
+            stage.__exit__(None, None, None)
 
 
 def global_step(model):

@@ -74,15 +74,6 @@ def _state_json(model, step, state):
     return json.dumps(dict(state, step=int(step), rng=rng), indent=1, sort_keys=True)
 
 
-def local_weights(path):
-    """A local file holding the weights file `path` (itself when local; a temporary copy, removed at exit, when
-    remote): Keras reads .weights.h5 with h5py, which needs a local file."""
-    if not storage.is_remote(path):
-        return path
-    local = os.path.join(storage.fetch_dir(storage.dirname(path)), storage.basename(path))
-    return local
-
-
 def _fsync_file(path):
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
@@ -202,7 +193,8 @@ class CheckpointManager:
         except (OSError, ValueError) as err:
             raise _Damaged(f"{STATE_FILE} is unreadable ({err})") from None
         try:
-            model.load_weights(local_weights(storage.join(path, WEIGHTS_FILE)))
+            # h5py needs a local file: a remote one is copied first
+            model.load_weights(storage.fetch_file(storage.join(path, WEIGHTS_FILE)))
         except Exception as err:  # noqa: BLE001 - h5py/Keras raise many kinds for a damaged file
             raise _Damaged(f"{WEIGHTS_FILE} does not load ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
