@@ -1,5 +1,5 @@
 """What the command-line apps share: a user error (bad or missing flag, stray argument, bad flag value, missing
-file, bad corpus, bad record, no intact checkpoint) ends the process with one `error: ...` line and exit status 2
+file, bad corpus, bad record, no intact checkpoint, a bucket or disk that refuses a read or write) ends the process with one `error: ...` line and exit status 2
 instead of a traceback or absl's usage text. Set KERAS_NFNET_TRACEBACK=1 to see the traceback anyway.
 TensorFlow's own Python INFO lines (SavedModel signature renaming, checkpoint sharding, ...) are hidden too;
 KERAS_NFNET_VERBOSE=1 shows them (see also `keras_nfnet/__init__.py` for its C++ lines)."""
@@ -10,7 +10,19 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
+
+
+def _storage_errors():
+    """A bucket's refusals: OSError (403 and most I/O problems, also local ones such as a full disk) and gcsfs's
+    HttpError (401 and other HTTP statuses), which is not an OSError."""
+    try:
+        from gcsfs.retry import HttpError
+    except ImportError:  # gcsfs is a dependency; tolerate an environment without it
+        return (OSError,)
+    return (OSError, HttpError)
+
+
+USER_ERRORS = (ValueError, app.UsageError) + _storage_errors()  # FileNotFoundError is an OSError
 
 
 def one_line(error):

@@ -44,3 +44,21 @@ def test_user_error_is_one_line_and_status_2(argv, message):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert "USAGE" not in proc.stderr and "Try --helpfull" not in proc.stderr  # absl's usage text is not printed
+
+
+@pytest.mark.parametrize("raised, message", [
+    ("PermissionError('403 Forbidden: gs://bucket/corpus/metadata.json')", "403 Forbidden: gs://bucket/corpus"),
+    ("__import__('gcsfs').retry.HttpError({'code': 401, 'message': 'Anonymous caller does not have access'})",
+     "Anonymous caller does not have access"),
+])
+def test_a_refusing_bucket_is_one_line_and_status_2(raised, message):
+    code = ("from keras_nfnet import cli\n"
+            "def main(argv):\n"
+            f"    raise {raised}\n"
+            "cli.run(main)\n")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("KERAS_NFNET_TRACEBACK", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
