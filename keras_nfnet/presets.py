@@ -21,7 +21,7 @@ import tempfile
 
 import keras
 
-from keras_nfnet import compat
+from keras_nfnet import compat, storage
 
 CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.weights.h5"
@@ -44,8 +44,25 @@ def _write_json(path, value):
 
 
 def is_preset(path):
-    """True for a directory holding a preset's config.json and model.weights.h5."""
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, MODEL_WEIGHTS_FILE))
+    """True for a directory (local or in a bucket) holding a preset's config.json and model.weights.h5."""
+    return storage.exists(storage.join(path, CONFIG_FILE)) and storage.exists(storage.join(path, MODEL_WEIGHTS_FILE))
+
+
+def _local(preset):
+    """A local directory with the preset's files: the preset itself, or a fetched copy of one in a bucket."""
+    if not storage.is_remote(preset):
+        return preset
+    if not storage.isdir(preset):
+        raise FileNotFoundError(f"preset directory {preset} does not exist")
+    return storage.fetch_dir(preset)
+
+
+def _upload(local_dir, preset_dir):
+    """Copy a saved preset into a bucket with config.json last: `is_preset` sees it only once it is complete."""
+    names = sorted(os.listdir(local_dir), key=lambda name: name == CONFIG_FILE)
+    for name in names:
+        with open(os.path.join(local_dir, name), "rb") as f:
+            storage.write_bytes(storage.join(preset_dir, name), f.read())
 
 
 def save_preset(model, preset_dir, source=None):
@@ -62,6 +79,13 @@ def save_preset(model, preset_dir, source=None):
         backbone, task = model, None
     else:
         raise ValueError(f"save_preset takes an NFNetImageClassifier or NFNetBackbone; got {type(model).__name__}")
+    if storage.is_remote(preset_dir):
+        if storage.exists(preset_dir):
+            raise ValueError(f"{preset_dir} already exists; choose a new preset directory")
+        with tempfile.TemporaryDirectory(prefix="preset-") as tmp:
+            save_preset(model, os.path.join(tmp, "preset"), source=source)
+            _upload(os.path.join(tmp, "preset"), preset_dir)
+        return
     preset_dir = os.path.normpath(preset_dir)
     if os.path.exists(preset_dir):
         raise ValueError(f"{preset_dir} already exists; choose a new preset directory")
@@ -112,6 +136,7 @@ def _deserialize(config):
 
 def load_backbone(preset, dtype=None):
     """The preset's NFNetBackbone with its weights."""
+    preset = _local(preset)
     _check(preset)
     config = _read_json(preset, CONFIG_FILE)
     if dtype is not None:
@@ -122,6 +147,7 @@ def load_backbone(preset, dtype=None):
 
 
 def load_image_converter(preset):
+    preset = _local(preset)
     _check(preset)
     if not os.path.isfile(os.path.join(preset, IMAGE_CONVERTER_CONFIG_FILE)):
         raise ValueError(f"{preset} has no {IMAGE_CONVERTER_CONFIG_FILE} (a backbone-only preset)")
@@ -133,6 +159,7 @@ def load_classifier(preset, num_classes=None, dtype=None, **head_kwargs):
     preset), the preset's backbone under a new head of `num_classes`."""
     from keras_nfnet.classifier import NFNetImageClassifier
 
+    preset = _local(preset)
     _check(preset)
     backbone = load_backbone(preset, dtype=dtype)
     has_task = os.path.isfile(os.path.join(preset, TASK_CONFIG_FILE))
@@ -153,6 +180,7 @@ def load_classifier(preset, num_classes=None, dtype=None, **head_kwargs):
 
 def from_preset(preset):
     """The preset's classifier, or its backbone when it has no task."""
+    preset = _local(preset)
     _check(preset)
     if os.path.isfile(os.path.join(preset, TASK_CONFIG_FILE)):
         return load_classifier(preset)

@@ -103,6 +103,26 @@ def test_preset_round_trip_gives_timms_logits(tmp_path, converted, reference):
         presets.from_preset(str(tmp_path))
 
 
+def test_preset_in_a_bucket_round_trips(gcs_dir, tmp_path, converted, reference):
+    """save_preset/from_preset on the GCS emulator give the same weights and logits as a local preset."""
+    model = converted.classifier(class_names=[f"class_{i}" for i in range(7)])
+    remote = gcs_dir + "/small_timm"
+    assert not presets.is_preset(remote)
+    presets.save_preset(model, remote)
+    assert presets.is_preset(remote)
+    loaded = presets.from_preset(remote)
+    assert relative_error(loaded.predict(reference["images"], verbose=0), reference["logits_timm"]) < 1e-4
+    presets.save_preset(model, str(tmp_path / "local"))
+    local = presets.from_preset(str(tmp_path / "local"))
+    for a, b in zip(loaded.weights, local.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert NFNetImageClassifier.from_preset(remote, num_classes=3).num_classes == 3
+    with pytest.raises(ValueError, match="already exists"):
+        presets.save_preset(model, remote)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        presets.from_preset(gcs_dir + "/nothing_here")
+
+
 def tf_eval_view(images, size, crop_fraction):
     """The evaluation view as issue 11 defines it, in TensorFlow: resize the whole image (bicubic, antialias) to
     round(size / crop_fraction), clip to [0, 255], centre-crop size, normalise."""
