@@ -64,3 +64,15 @@ def ram_dir(request):
     yield path
     if tf.io.gfile.exists(path):
         tf.io.gfile.rmtree(path)
+
+
+@pytest.fixture
+def processes():
+    """Subprocesses a test starts (append them); any still running at the end is killed, so a failing test
+    leaves no training process behind."""
+    started = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

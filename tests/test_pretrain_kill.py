@@ -64,16 +64,6 @@ def _weights(workdir, step):
     return out
 
 
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for proc in started:  # a failing test leaves no training process behind
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(corpus, tmp_path, processes):
     rng = random.Random(1234)
     reference_dir, killed_dir = str(tmp_path / "reference"), str(tmp_path / "killed")

@@ -13,7 +13,6 @@ import time
 
 import h5py
 import numpy as np
-import pytest
 
 from keras_nfnet import storage
 
@@ -46,16 +45,6 @@ def _committed_steps(workdir):
     names = storage.listdir(directory) if storage.isdir(directory) else []
     return sorted(int(m.group(1)) for m in map(re.compile(r"ckpt-(\d+)$").match, names)
                   if m and storage.exists(storage.join(directory, m.group(0), "COMMITTED")))
-
-
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for proc in started:  # a failing test leaves no training process behind
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_pretrain_kill_resume_finetune_export_on_a_bucket(gcs_dir, tmp_path, processes):
