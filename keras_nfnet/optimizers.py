@@ -137,3 +137,15 @@ def nfnet_optimizer(base_learning_rate=0.1, batch_size=4096, total_steps=None, w
         return sgd
     _check_positive("clip_factor", clip_factor)
     return AGC(sgd, clip_factor=clip_factor, exclude=exclude)
+
+
+def adamw_optimizer(base_learning_rate=4e-3, batch_size=4096, total_steps=None, warmup_steps=0, weight_decay=0.1,
+                    global_clipnorm=1.0):
+    """The ViT baseline's recipe (Dosovitskiy et al. 2021): AdamW (beta 0.9, 0.999; decoupled weight decay, Keras's
+    `p -= lr * wd * p`), gradients clipped to global norm 1, the same warm-up + cosine schedule and peak
+    = base_learning_rate * batch_size / 256 as `nfnet_optimizer`."""
+    if total_steps is None:
+        raise ValueError("adamw_optimizer needs total_steps (the length of the cosine schedule, in steps).")
+    schedule = warmup_cosine(base_learning_rate, batch_size, total_steps, warmup_steps)
+    return keras.optimizers.AdamW(schedule, weight_decay=weight_decay, beta_1=0.9, beta_2=0.999,
+                                  global_clipnorm=global_clipnorm or None)

@@ -53,7 +53,7 @@ def test_mirrored_cpu_config():
     ("cpu_tiny", {"jit_compile": "maybe"}, "'jit_compile' cannot take 'maybe'"),
     ("missing.py", {}, "does not exist"),
     ("no_such_config", {}, "shipped configs: cpu_mirrored, cpu_tiny"),
-    ("sweep_toy:huge", {}, "takes no argument or 'smoke'"),
+    ("sweep_toy:huge", {}, "takes no argument, 'smoke' or 'vit'"),
 ])
 def test_bad_configs_name_the_problem(spec, overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -82,10 +82,10 @@ def test_smart_sweep_finds_every_cells_grid_optimum_with_fewer_runs(tmp_path):
     rows = ResultsStore(str(tmp_path / "w" / "runs.jsonl")).load()
     assert len(rows) == len(set(trainer.launched))
     row = next(r for r in rows if r.run_id == "S1-e2-lr0.4")
-    assert (row.variant, row.epochs, row.learning_rate, row.batch_size, row.image_size) == ("S1", 2.0, 0.4, 32, 32)
+    assert (row.variant, row.epochs, row.learning_rate, row.batch_size, row.image_size) == ("S1", 2.0, 0.4, 64, 32)
     from keras_nfnet.flops import count_macs, count_params
     assert row.params == count_params("S1", num_classes=10) and row.macs_per_image == count_macs("S1", 32, 10)
-    assert row.steps == 40 and row.flops == 4e10
+    assert row.steps == 20 and row.flops == 2e10
 
     # Re-running a complete sweep launches nothing.
     again = FakeTrainer()
@@ -113,6 +113,34 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
     third = FakeTrainer()
     sweep.run_sweep(spec, workdir, launcher=third, log=lambda s: None)
     assert third.launched == [] and len(store.load()) == len(lines)
+
+
+def test_parallel_runs_overlap_and_reach_the_same_results(tmp_path):
+    import threading
+    import time
+
+    spec = _spec(tmp_path, variants=["S0"], epoch_budgets=[0.5, 1])
+    sequential = FakeTrainer()
+    ref = sweep.run_sweep(spec, str(tmp_path / "seq"), launcher=sequential, log=lambda s: None)
+
+    lock, running, peak = threading.Lock(), [0], [0]
+    trainer = FakeTrainer()
+
+    def overlapping(run, spec_):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        trainer(run, spec_)
+        with lock:
+            running[0] -= 1
+
+    spec.parallel_runs = 2
+    plan = sweep.run_sweep(spec, str(tmp_path / "par"), launcher=overlapping, log=lambda s: None)
+    assert peak[0] == 2 and plan.complete and plan.finished == ref.finished
+    assert sorted(trainer.launched) == sorted(sequential.launched)  # the same runs, none twice
+    with pytest.raises(ValueError, match="parallel_runs"):
+        _spec(tmp_path, parallel_runs=0)
 
 
 def test_cluster_waves_with_collect_reach_the_same_results(tmp_path):
@@ -166,14 +194,18 @@ def test_bad_sweeps_are_rejected_before_any_run(tmp_path):
 def test_toy_sweep_file_loads_and_dry_run_prints_plan_and_cost(tmp_path):
     corpus = _corpus(tmp_path)
     spec = sweep.load_sweep("sweep_toy", **{"shared.corpus": corpus})
-    assert spec.variants == ["S0", "S1", "S2"] and spec.lr_search == "smart"
+    assert spec.variants == ["tiny", "S0", "S1", "S2", "S3"] and spec.lr_search == "smart"
+    assert spec.parallel_runs == 2 and spec.epoch_budgets[-1] / spec.epoch_budgets[0] >= 10 ** 1.5
     text = sweep.describe_plan(spec, str(tmp_path / "w"))
-    assert "S0-e0.5-lr0.2" in text and "waiting for the LR search of S0 at 0.5 epochs" in text
-    # FLOPs of one run = 6 x MACs x images seen (an independent count: 10 steps of 32 images at 0.5 epochs).
+    assert "tiny-e0.125-lr0.2" in text and "waiting for the LR search of tiny at 0.125 epochs" in text
+    # FLOPs of one run = 6 x MACs x images seen (an independent count: 5 steps of 64 images at 0.5 epochs of 640).
     from keras_nfnet.flops import count_macs
-    assert f"{6 * count_macs('S0', 32, 10) * 10 * 32:.3g}" in text
+    assert f"{6 * count_macs('S0', 32, 10) * 5 * 64:.3g}" in text
     smoke = sweep.load_sweep("sweep_toy:smoke")
     assert smoke.name == "toy-smoke"
+    vit = sweep.load_sweep("sweep_toy:vit", **{"shared.corpus": corpus})
+    assert vit.variants == ["ViT-0", "ViT-1", "ViT-2", "ViT-3"]
+    assert sweep.run_config(vit, "ViT-1", 2.0, 4e-3).optimizer == "adamw"
 
 
 def test_fractional_budgets_round_trip_through_the_run_config(tmp_path):

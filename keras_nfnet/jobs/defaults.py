@@ -23,6 +23,8 @@ def pretrain():
     c.on_bad_record = "raise"      # raise: stop naming the record | skip: weight 0, counted per reason
     c.verify_checksums = True      # SHA-256 of every shard read, at a run's first open (docs/data.md)
     # optimisation (NFNET_SPEC.md section 4)
+    c.optimizer = "sgd"            # sgd: the NFNet recipe (Nesterov SGD, coupled weight decay, AGC) | adamw: the
+                                   # ViT baseline's (decoupled weight_decay, global-norm clip 1, AGC off)
     c.global_batch_size = 64
     c.epochs = 1.0                 # epoch budget; may be fractional; the cosine schedule spans it
     c.base_learning_rate = 0.1     # per 256 examples; peak = base * batch / 256
@@ -118,6 +120,7 @@ def sweep():
     c.size = "params"              # model size axis of the allocation fit: "params" or "macs_per_image"
     c.irreducible = False          # fit the loss frontier with an irreducible term
     c.n_bootstrap = 1000
+    c.parallel_runs = 1            # runs at once in --mode=run (2 on a 2-core CPU: a small run uses about one core)
     return c
 
 

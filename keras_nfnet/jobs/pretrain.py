@@ -66,6 +66,8 @@ def validate(config, num_replicas=None):
         problems.append(f"on_bad_record must be 'raise' or 'skip'; got {config.on_bad_record!r}")
     if config.precision not in PRECISIONS:
         problems.append(f"unknown precision {config.precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if config.optimizer not in ("sgd", "adamw"):
+        problems.append(f"optimizer must be 'sgd' or 'adamw'; got {config.optimizer!r}")
     if not config.base_learning_rate > 0:
         problems.append(f"base_learning_rate must be > 0; got {config.base_learning_rate}")
     if config.warmup_epochs < 0 or config.warmup_epochs >= config.epochs > 0:
@@ -158,7 +160,7 @@ def pretrain(config, workdir, strategy=None):
     from keras_nfnet.data import corpus as corpus_lib
     from keras_nfnet.data import pipeline
     from keras_nfnet.losses import recipe_loss
-    from keras_nfnet.optimizers import nfnet_optimizer
+    from keras_nfnet.optimizers import adamw_optimizer, nfnet_optimizer
     from keras_nfnet.training import callbacks as cb
     from keras_nfnet.training import strategy as strategy_lib
     from keras_nfnet.training.checkpoint import CheckpointManager
@@ -198,11 +200,13 @@ def pretrain(config, workdir, strategy=None):
                                     dropout_rate=None if config.dropout_rate < 0 else config.dropout_rate,
                                     input_shape=(image_size, image_size, 3),
                                     dtype=None if precision == "float32" else precision)
-        optimizer = nfnet_optimizer(base_learning_rate=config.base_learning_rate,
-                                    batch_size=config.global_batch_size, total_steps=steps_total,
-                                    warmup_steps=warmup, weight_decay=config.weight_decay,
-                                    clip_factor=config.agc_clip if config.agc_clip > 0 else None,
-                                    momentum=config.momentum)
+        schedule = dict(base_learning_rate=config.base_learning_rate, batch_size=config.global_batch_size,
+                        total_steps=steps_total, warmup_steps=warmup, weight_decay=config.weight_decay)
+        if config.optimizer == "adamw":
+            optimizer = adamw_optimizer(**schedule)
+        else:
+            optimizer = nfnet_optimizer(**schedule, clip_factor=config.agc_clip if config.agc_clip > 0 else None,
+                                        momentum=config.momentum)
     context.compile_model(model, strategy, optimizer, recipe_loss(info.multi_label, config.label_smoothing),
                           config.steps_per_execution, config.jit_compile)
 

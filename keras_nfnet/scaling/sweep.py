@@ -13,6 +13,7 @@ after another here (`run_sweep`) or as independent cluster jobs (`PlannedRun.com
 launched as `python -m keras_nfnet.jobs.pretrain` with the interpreter running the sweep, so an installed package
 runs sweeps from any directory.
 """
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -47,6 +48,7 @@ class SweepSpec:
     size: str = "params"  # model size axis of the allocation fit: "params" or "macs_per_image"
     irreducible: bool = False  # fit the loss frontier with an irreducible term
     n_bootstrap: int = 1000
+    parallel_runs: int = 1  # runs launched at once by `run_sweep` (e.g. 2 on a 2-core machine: small runs use ~1 core)
 
     def validate(self) -> "SweepSpec":
         from keras_nfnet.architectures import known_names
@@ -71,6 +73,8 @@ class SweepSpec:
             problems.append(f"lr_grid: {e}")
         if not (isinstance(self.initial_lr, (int, float)) and self.initial_lr > 0):
             problems.append(f"initial_lr must be a positive number, got {self.initial_lr!r}")
+        if not (isinstance(self.parallel_runs, int) and self.parallel_runs >= 1):
+            problems.append(f"parallel_runs must be an integer >= 1, got {self.parallel_runs!r}")
         if self.lr_search not in lr_search.SEARCH_MODES:
             problems.append(f"lr_search must be one of {lr_search.SEARCH_MODES}, got {self.lr_search!r}")
         if self.compute not in COMPUTE_AXES:
@@ -309,32 +313,55 @@ def launch_subprocess(run: PlannedRun, spec: SweepSpec) -> None:
 def run_sweep(spec: SweepSpec, workdir: str, launcher: Launcher = launch_subprocess,
               collector: Optional[Callable[[PlannedRun, SweepSpec], RunResult]] = None,
               max_runs: Optional[int] = None, log: Callable[[str], None] = print) -> Plan:
-    """Runs planned runs one after another until the sweep is complete (or `max_runs` were launched)."""
+    """Runs planned runs until the sweep is complete (or `max_runs` were launched), `spec.parallel_runs` at a
+    time. Each finished run's row is appended as it ends, so the plan (and the smart search) moves on while other
+    runs are still going; the first failure stops new launches, lets the others finish, then is raised."""
     from keras_nfnet.scaling import run_summary
 
     collector = collector or run_summary.collect_run
     store = ResultsStore(storage.join(workdir, RESULTS_FILE))
     cells = len(spec.variants) * len(spec.epoch_budgets)
     launched, started, seen = 0, time.time(), set()
-    while True:
-        plan = plan_sweep(spec, store.load(), workdir)
-        if not plan.ready or (max_runs is not None and launched >= max_runs):
-            break
-        run = plan.ready[0]
-        if run.run_id in seen:
-            raise RuntimeError(f"run {run.run_id} was recorded but is planned again: the row's variant, epochs or "
-                               f"learning rate differ from the sweep's; check {store.path}")
-        seen.add(run.run_id)
-        t0 = time.time()
-        log(f"[sweep {spec.name}] run {plan.runs_done + 1}: {run.run_id} ({run.reason}); "
-            f"{len(plan.finished)}/{cells} cells done, {len(plan.ready)} runs ready")
+    in_flight: Dict[concurrent.futures.Future, Tuple[PlannedRun, float]] = {}
+    failure = None
+
+    def execute(run):
         if not run_summary.is_finished(run.run_dir):  # a finished run whose row was not written is not redone
             launcher(run, spec)
-        result = collector(run, spec)
-        store.append(result)
-        launched += 1
-        log(f"[sweep {spec.name}] {run.run_id}: held-out loss {_fmt_loss(result)}, {result.steps} steps, "
-            f"{result.flops:.3g} FLOPs, {time.time() - t0:.0f} s (sweep {time.time() - started:.0f} s so far)")
+        return collector(run, spec)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=spec.parallel_runs) as pool:
+        while True:
+            plan = plan_sweep(spec, store.load(), workdir)
+            running = {run.run_id for run, _ in in_flight.values()}
+            ready = [r for r in plan.ready if r.run_id not in running]
+            while (failure is None and ready and len(in_flight) < spec.parallel_runs
+                   and (max_runs is None or launched < max_runs)):
+                run = ready.pop(0)
+                if run.run_id in seen:
+                    failure = RuntimeError(f"run {run.run_id} was recorded but is planned again: the row's variant, "
+                                           f"epochs or learning rate differ from the sweep's; check {store.path}")
+                    break
+                seen.add(run.run_id)
+                log(f"[sweep {spec.name}] run {plan.runs_done + len(in_flight) + 1}: {run.run_id} ({run.reason}); "
+                    f"{len(plan.finished)}/{cells} cells done, {len(in_flight) + 1} running")
+                in_flight[pool.submit(execute, run)] = (run, time.time())
+                launched += 1
+            if not in_flight:
+                break
+            done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                run, t0 = in_flight.pop(future)
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 -- re-raised once the other runs have ended
+                    failure = failure or e
+                    continue
+                store.append(result)
+                log(f"[sweep {spec.name}] {run.run_id}: held-out loss {_fmt_loss(result)}, {result.steps} steps, "
+                    f"{result.flops:.3g} FLOPs, {time.time() - t0:.0f} s (sweep {time.time() - started:.0f} s so far)")
+    if failure is not None:
+        raise failure
     if plan.complete:
         log(f"[sweep {spec.name}] complete: {plan.runs_done} runs, {cells} cells")
     elif not plan.ready:
