@@ -43,6 +43,7 @@ setuptools.setup(
             "nfnet-finetune=keras_nfnet.jobs.finetune:main",
             "nfnet-evaluate=keras_nfnet.jobs.evaluate:main",
             "nfnet-sweep=keras_nfnet.jobs.sweep:main",
+            "nfnet-compare=keras_nfnet.jobs.compare:main",
         ],
     },
     extras_require={

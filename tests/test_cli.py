@@ -12,8 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["trainers/finetune.py", "--workdir=/tmp/unused", "--config.corpus=/no/such/corpus"], "corpus must be a corpus"),
     (["trainers/serve.py", "--model_base_path=/no/such/model"], "does not exist"),
     (["datasets/make_synthetic.py", "--out=/tmp/unused", "--num_images=-5"], "num_images must be a positive"),
-    (["trainers/compare.py", "--models=S0,resnet", "--pretrain_config=cpu_tiny", "--workdir=/tmp/unused"],
+    (["trainers/compare.py", "--config=compare_toy", "--config.models=('S0','resnet')", "--workdir=/tmp/unused"],
      "unknown model 'resnet'"),
+    (["-m", "keras_nfnet.jobs.compare", "--config=compare_toy", "--config.sweeps=('/no/such/sweep',)",
+      "--workdir=/tmp/unused"], "missing: ['/no/such/sweep']"),
     # absl's own errors: a missing required flag, an unknown flag, a bad value, a stray argument
     (["trainers/pretrain.py", "--config=cpu_tiny"], "Flag --workdir must have a value"),
     (["trainers/pretrain.py", "--workdir=/tmp/unused"], "Flag --config must have a value"),

@@ -1,5 +1,6 @@
 """Smoke run of the NFNet-vs-ViT comparison: both families pretrained by the same trainer on the same tiny corpus
 and budget, both fine-tuned on real digits, one table row each; ViT rows through the sweep's bookkeeping."""
+import dataclasses
 import importlib.util
 import json
 import math
@@ -12,7 +13,9 @@ from keras_nfnet import flops, vit_variants
 from keras_nfnet.data.synthetic import make_synthetic_corpus
 from keras_nfnet.jobs import config as config_lib
 from keras_nfnet.scaling import run_summary
+from keras_nfnet.jobs.compare import compare
 from keras_nfnet.scaling.families import compare_families, format_table
+from keras_nfnet.scaling.results import ResultsStore
 from keras_nfnet.scaling.sweep import SweepSpec
 from keras_nfnet.vit import ViT
 
@@ -70,6 +73,25 @@ def test_nfnet_and_vit_compared_by_the_same_jobs(tmp_path):
     row = run_summary.read_run_dir(os.path.join(workdir, "pretrain", "vit-tiny"))
     assert row.variant == "vit-tiny" and row.params == vit_variants.count_params("vit-tiny", 10)
     assert row.macs_per_image == macs["vit-tiny"] and row.flops == rows[1]["pretrain_flops"]
+
+    # The comparison job over finished sweeps: one sweep per family; a worse-LR run of tiny must not be chosen.
+    sweeps = []
+    for model in ("tiny", "vit-tiny"):
+        store = ResultsStore(str(tmp_path / f"sweep-{model}" / "runs.jsonl"))
+        best = run_summary.read_run_dir(os.path.join(workdir, "pretrain", model), run_id=f"{model}-best")
+        store.append(best)
+        store.append(dataclasses.replace(best, run_id=f"{model}-worse", heldout_loss=best.heldout_loss + 1,
+                                         run_dir="/elsewhere"))
+        sweeps.append(os.path.dirname(store.path))
+    job = config_lib.load("compare_toy", sweeps=tuple(sweeps), budgets=(1.0,))
+    job = config_lib.override(job, {"finetune": ft})
+    result = compare(job, str(tmp_path / "from_sweeps"), log=lines.append)
+    got = result["metrics"]["rows"]
+    assert [(r["model"], r["pretrain_dir"]) for r in got] == [(r["model"], r["pretrain_dir"]) for r in rows]
+    assert [r["finetune_top1"] for r in got] == [r["finetune_top1"] for r in rows]  # same source, same recipe
+    assert os.path.getsize(result["metrics"]["figure"]) > 10_000
+    with pytest.raises(ValueError, match="no finished run at 4 epochs"):
+        compare(config_lib.override(job, {"budgets": (4.0,)}), str(tmp_path / "bad"))
 
 
 def test_sweep_and_comparison_accept_vit_names_and_reject_unknown(tmp_path):

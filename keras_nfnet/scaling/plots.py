@@ -4,6 +4,7 @@
   loss_vs_lr.png         held-out loss vs learning rate, a line per epoch budget, a panel per model (paper Fig. 3)
   optimal_allocation.png compute-optimal model size and epoch budget vs compute, with their fitted power laws
   best_lr.png            best learning rate vs epoch budget per model
+  finetuned_top1_vs_compute.png  fine-tuned top-1 vs pretraining compute, NFNet vs ViT (paper Fig. 1; families.py)
 
 Matplotlib runs with its non-interactive Agg backend so plotting works on headless machines.
 """
@@ -114,6 +115,27 @@ def plot_best_lr(lr_fits: Dict[str, dict], path: str) -> str:
     ax.set_xlabel("epoch budget")
     ax.set_ylabel("best learning rate (base, per 256 examples)")
     ax.set_title("Best LR vs epoch budget (o: parabola-refined, x: best grid LR)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_finetune_vs_compute(rows: List[dict], path: str) -> str:
+    """Fine-tuned top-1 against pretraining FLOPs, a colour per family; the line joins each family's best top-1
+    reached at or below each compute (its frontier)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for family in dict.fromkeys(r["family"] for r in rows):
+        mine = sorted((r for r in rows if r["family"] == family), key=lambda r: r["pretrain_flops"])
+        xs, ys = [r["pretrain_flops"] for r in mine], [r["finetune_top1"] for r in mine]
+        points = ax.plot(xs, ys, "o", alpha=0.8, label=f"{family} ({len(mine)} runs)")[0]
+        ax.plot(xs, np.maximum.accumulate(ys), "-", color=points.get_color(), alpha=0.6)
+        for r in mine:
+            ax.annotate(f"{r['model']} {r['epochs']:g}ep", (r["pretrain_flops"], r["finetune_top1"]),
+                        textcoords="offset points", xytext=(3, 3), fontsize=6, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining compute (FLOPs)")
+    ax.set_ylabel("fine-tuned top-1")
+    ax.set_title("Fine-tuned top-1 vs pretraining compute (line: best so far)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
