@@ -205,3 +205,31 @@ def test_config_round_trip():
     assert clone.use_ema and clone.ema_momentum == 0.999
     assert clone.weight_decay is None  # Keras's decoupled decay stays off
     np.testing.assert_allclose(float(clone.learning_rate), float(opt.learning_rate))
+
+
+def test_adamw_matches_numpy_with_clipping_decay_and_schedule():
+    """The ViT baseline's optimizer: global-norm clip 1, decoupled decay p -= lr wd p, Adam with bias correction
+    (Kingma & Ba; eps added to sqrt(v_hat)), peak base * batch / 256 on the cosine schedule."""
+    from keras_nfnet.optimizers import adamw_optimizer
+
+    rng = np.random.default_rng(0)
+    params = [rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(4,)).astype("float32")]
+    grads = [[3.0 * rng.normal(size=p.shape).astype("float32") for p in params] for _ in range(5)]
+    variables = [keras.Variable(p) for p in params]
+    opt = adamw_optimizer(base_learning_rate=4e-3, batch_size=128, total_steps=8, warmup_steps=2,
+                          weight_decay=0.1)
+    opt.build(variables)
+    ref, m, v = [p.astype(np.float64) for p in params], [0.0, 0.0], [0.0, 0.0]
+    for t, g in enumerate(grads, start=1):
+        apply_gradients(opt, g, variables)
+        norm = math.sqrt(sum(float((x.astype(np.float64) ** 2).sum()) for x in g))
+        lr = numpy_lr(t - 1, 4e-3 * 128 / 256, 8, 2)
+        for i, gi in enumerate(g):
+            gi = gi.astype(np.float64) * min(1.0, 1.0 / norm)
+            ref[i] = ref[i] - lr * 0.1 * ref[i]
+            m[i] = 0.9 * m[i] + 0.1 * gi
+            v[i] = 0.999 * v[i] + 0.001 * gi ** 2
+            m_hat, v_hat = m[i] / (1 - 0.9 ** t), v[i] / (1 - 0.999 ** t)
+            ref[i] = ref[i] - lr * m_hat / (np.sqrt(v_hat) + 1e-7)
+    for var, want in zip(variables, ref):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(var), want, rtol=2e-5, atol=2e-6)
