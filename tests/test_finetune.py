@@ -98,6 +98,28 @@ def test_topk_accuracy_matches_numpy(tmp_path):
     assert got["loss"] == pytest.approx(-np.mean(log_softmax[np.arange(21), labels]), rel=1e-4)
 
 
+def test_evaluate_job_under_mirrored_matches_one_device_and_logs_to_tensorboard(tmp_path):
+    corpus = _corpus(tmp_path / "c", n_test=21)
+    keras.utils.set_random_seed(0)
+    model = NFNet("tiny", num_classes=6)
+    model.get_layer("classifier").kernel.assign(np.random.default_rng(1).normal(0, 2, (32, 6)).astype("float32"))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    one = ev.evaluate(config_lib.load("evaluate", model=path, corpus=corpus, batch_size=8), str(tmp_path / "one"))
+    two = ev.evaluate(config_lib.load("evaluate", model=path, corpus=corpus, batch_size=8, strategy="mirrored",
+                                      num_cpu_devices=2), str(tmp_path / "two"))
+    for name in ("top1", "top5", "loss"):  # 21 examples: the padded last batch is split over the 2 replicas too
+        assert two["metrics"][name] == pytest.approx(one["metrics"][name], rel=1e-5)
+    assert two["metrics"]["examples"] == one["metrics"]["examples"] == 21
+    events = tf.io.gfile.glob(str(tmp_path / "two" / "tensorboard" / "events.out.tfevents.*"))
+    tags = {v.tag: tf.make_ndarray(v.tensor) for e in tf.compat.v1.train.summary_iterator(events[0])
+            for v in e.summary.value}
+    assert float(tags["eval/test/top1"]) == pytest.approx(two["metrics"]["top1"])
+    with pytest.raises(ValueError, match="not divisible by the 2 replicas"):
+        ev.evaluate(config_lib.load("evaluate", model=path, corpus=corpus, batch_size=7, strategy="mirrored",
+                                    num_cpu_devices=2), str(tmp_path / "bad"))
+
+
 def test_finetune_job_end_to_end(tmp_path):
     """Pretrained checkpoint -> new head -> SAM + AGC + EMA + repeated augmentation at a higher resolution ->
     results file whose numbers are re-computed here from the saved models."""

@@ -103,6 +103,7 @@ def evaluate():
     c.batch_size = 64
     c.on_bad_record = "raise"
     c.verify_checksums = True
+    _execution(c)                  # the model is loaded in the strategy's scope; each batch split over replicas
     return c
 
 

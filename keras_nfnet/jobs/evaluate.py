@@ -33,13 +33,14 @@ def find_eval_split(info, eval_split=""):
 
 
 def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5), crop_fraction=_MODEL_VIEW,
-                  on_bad_record="raise", bad_record_report=None):
+                  on_bad_record="raise", bad_record_report=None, strategy=None):
     """{"top1", "top5", "loss", "examples"} over every example of `split` (evaluation preprocessing).
 
     The evaluation view is (image_size, crop_fraction); crop_fraction defaults to the model's own (NFNet's
     `crop_fraction`; None there, or a model without one, means the papers' size / (size + 32)). A prediction
     counts as correct at k when any of its k best classes is a label of the example (for single-label corpora:
-    the label is among the k best). k is capped at the number of classes.
+    the label is among the k best). k is capped at the number of classes. Under a `strategy` (the model built in
+    its scope) each global batch is split over the replicas and the logits gathered back in order.
     """
     import numpy as np
     import tensorflow as tf
@@ -50,13 +51,22 @@ def topk_accuracy(model, corpus, split, image_size, batch_size, ks=(1, 5), crop_
         crop_fraction = getattr(model, "crop_fraction", None)
     ds = pipeline.eval_dataset(corpus, split, batch_size, image_size, crop_fraction=crop_fraction,
                                on_bad_record=on_bad_record, bad_record_report=bad_record_report)
-    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
+
+    def forward(x, y, w):
+        return tf.cast(model(x, training=False), tf.float32), y, w
+
+    if strategy is None:
+        batches, predict = ds, tf.function(forward)
+    else:
+        def predict_replicas(x, y, w):  # each replica gets a slice of the global batch; gathered back in order
+            return tuple(strategy.gather(v, axis=0) for v in strategy.run(forward, args=(x, y, w)))
+
+        batches, predict = strategy.experimental_distribute_dataset(ds), tf.function(predict_replicas)
     correct = {k: 0.0 for k in ks}
     loss_sum, count = 0.0, 0.0
     with pipeline.naming_bad_records(corpus, lambda: [(split, None)]):
-        for images, labels, weights in ds:
-            logits = predict(images).numpy()
-            labels, weights = labels.numpy(), weights.numpy()
+        for batch in batches:
+            logits, labels, weights = (t.numpy() for t in predict(*batch))
             order = np.argsort(-logits, axis=-1, kind="stable")
             for k in ks:
                 hit = np.take_along_axis(labels, order[:, :min(k, logits.shape[-1])], axis=-1).max(axis=-1) > 0
@@ -91,6 +101,10 @@ def validate(config):
                             f"{config.image_size}, {config.batch_size}")
         if config.crop_fraction != 0 and not 0 < config.crop_fraction <= 1:
             problems.append(f"crop_fraction must be in (0, 1] or 0 (the model's); got {config.crop_fraction:g}")
+        from keras_nfnet.training.strategy import KINDS
+
+        if config.strategy not in KINDS:
+            problems.append(f"unknown strategy {config.strategy!r}; accepted: {', '.join(KINDS)}")
         if config.on_bad_record not in pipeline.BAD_RECORD_POLICIES:
             problems.append(f"on_bad_record must be one of {pipeline.BAD_RECORD_POLICIES}; got "
                             f"{config.on_bad_record!r}")
@@ -114,20 +128,41 @@ def evaluate(config, workdir):
     verify.open_split(info, split).close()
     if config.verify_checksums:
         verify.verify_checksums(info, [split])
-    model = sources.load_model(config.model)
+    strategy = context.make_strategy(config)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {strategy.num_replicas_in_sync} "
+                         f"replicas of the {config.strategy} strategy")
+    with strategy.scope():
+        model = sources.load_model(config.model)
     image_size = (config.image_size or getattr(model, "eval_image_size", None)
                   or architectures.get_row(model.variant).test_image_size)
     crop_fraction = config.crop_fraction or _MODEL_VIEW
     report = pipeline.BadRecordReport() if config.on_bad_record == "skip" else None
     metrics = topk_accuracy(model, config.corpus, split, image_size, config.batch_size, crop_fraction=crop_fraction,
-                            on_bad_record=config.on_bad_record, bad_record_report=report)
+                            on_bad_record=config.on_bad_record, bad_record_report=report, strategy=strategy)
     metrics.update(split=split, image_size=int(image_size), variant=model.variant,
                    crop_fraction=getattr(model, "crop_fraction", None) if crop_fraction == _MODEL_VIEW
                    else crop_fraction)
     storage.makedirs(workdir)
+    _log_tensorboard(workdir, split, metrics, report)
     result = context.result("evaluate", "done", workdir, config, metrics, seconds=clock.seconds(),
                             bad_records={split: report.counts()} if report is not None else {})
     return context.write_result(workdir, result)
+
+
+def _log_tensorboard(workdir, split, metrics, report):
+    """eval/<split>/{top1,top5,loss} (and skipped records) at step 0, beside a training run's curves."""
+    import tensorflow as tf
+
+    writer = context.tensorboard_writer(workdir)
+    try:
+        with writer.as_default():
+            for name in ("top1", "top5", "loss"):
+                tf.summary.scalar(f"eval/{split}/{name}", metrics[name], step=0)
+            for reason, count in (report.counts() if report is not None else {}).items():
+                tf.summary.scalar(f"bad_records/{split}/{reason}", count, step=0)
+    finally:
+        writer.close()
 
 
 def _main(argv):
