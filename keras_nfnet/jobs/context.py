@@ -1,5 +1,5 @@
 """What every job shares: the work directory and its saved config, strategy, seeding, compiling a model with the
-Keras workarounds, TensorBoard, the divergence stop and the result file.
+Keras workarounds, checkpoints and resuming from them, TensorBoard, the divergence stop and the result file.
 
 Every job writes one `result.json` into its work directory when it completes, with the same top-level fields:
 
@@ -14,6 +14,7 @@ Every job writes one `result.json` into its work directory when it completes, wi
 
 A run that diverges writes no result (the job raises TrainingDiverged; the apps exit with status 3).
 """
+import hashlib
 import json
 import time
 
@@ -22,6 +23,7 @@ from keras_nfnet.jobs import config as config_lib
 
 RESULT_FILE = "result.json"
 TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_DIR = "checkpoints"
 
 
 def check_workdir(workdir):
@@ -41,6 +43,14 @@ def prepare_workdir(workdir, saved_config, resume_safe, chief=True):
         config_lib.check_resume(saved, saved_config, resume_safe)
     elif chief:
         write_json(storage.join(workdir, config_lib.SAVED_CONFIG), saved_config)
+
+
+def corpus_fingerprint(corpus_dir):
+    """sha256 of the corpus metadata (classes, splits, shard checksums): the same corpus, wherever it lives (saved
+    with the config, so that `corpus`, a path, may be resume-safe)."""
+    from keras_nfnet.data import corpus as corpus_lib
+
+    return hashlib.sha256(storage.read_bytes(storage.join(corpus_dir, corpus_lib.METADATA_FILE))).hexdigest()
 
 
 def make_strategy(config):
@@ -69,6 +79,52 @@ def compile_model(model, strategy, optimizer, loss, steps_per_execution=1, jit_c
         optimizer.build(model.trainable_variables)
     keras_workarounds.apply(model, strategy)
     return model
+
+
+def checkpoint_manager(workdir, keep, chief=True):
+    """The run's CheckpointManager (training.checkpoint) in <workdir>/checkpoints; only the chief writes."""
+    from keras_nfnet.training.checkpoint import CheckpointManager
+
+    return CheckpointManager(storage.join(workdir, CHECKPOINT_DIR), keep=keep, write=chief)
+
+
+def resume(manager, model, total_steps, global_batch_size, num_train, reports=None):
+    """Load the newest intact checkpoint into `model` (compiled, optimizer built): weights, optimizer state (with
+    the wrappers' and the weight averages' variables), step and random generators, and the skipped-record counts
+    into `reports` (split -> BadRecordReport). Returns (step, state); (0, {}) when there is no checkpoint.
+
+    The data position is the step: the input stream's batch at step s is a function of (seed, s), so a run
+    rebuilds it at `step` and continues exactly (keras_nfnet.data.pipeline)."""
+    if not manager.all_steps():
+        return 0, {}
+    step, state = manager.restore(model, report=lambda line: print(line, flush=True))
+    for split, report in (reports or {}).items():
+        report.load_state(state.get("bad_records", {}).get(split, {}))
+    print(f"Resuming from step {step} of {total_steps} (checkpoint {manager.path(step)}); the input stream restarts "
+          f"at data position {step} (epoch {step * global_batch_size // num_train}).", flush=True)
+    return step, state
+
+
+def checkpoint_state(model, total_steps, reports=None, extra=None):
+    """The `state_fn` of training.callbacks.Checkpointing: what a checkpoint keeps beside the weights (the data
+    position, the skipped-record counts, and `extra()`, a job's own state)."""
+
+    def state():
+        return dict(extra() if extra is not None else {}, data_position=int(model.optimizer.iterations.numpy()),
+                    total_steps=total_steps, time=time.time(),
+                    bad_records={split: report.state() for split, report in (reports or {}).items()})
+
+    return state
+
+
+def weights_fingerprint(model):
+    """sha256 of every weight's bytes, in model order (equal on every worker of a synchronous job)."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
 
 
 def tensorboard_writer(workdir, chief=True):

@@ -90,6 +90,10 @@ def finetune():
     c.seed = 0
     _execution(c)
     c.eval_batch_size = 0          # 0 = global_batch_size
+    # bookkeeping
+    c.checkpoint_every_steps = 200
+    c.keep_checkpoints = 2
+    c.max_steps = 0                # stop early at this step (keeps the schedule of the full budget); 0 = off
     return c
 
 

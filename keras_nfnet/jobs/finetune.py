@@ -11,8 +11,15 @@ fine-tuning recipe (NFNET_SPEC.md section 4), and top-1/top-5 evaluation with ra
 `source` is anything `keras_nfnet.jobs.sources` loads (a pretraining work directory, one checkpoint directory, a
 `.keras` model file, a preset directory such as released weights converted by `trainers/convert_weights.py`);
 `from_scratch=True` with a `variant` instead trains that architecture from random initialisation with the same
-budget (the baseline a fine-tuning result should beat). The work directory receives `result.json`, `model.keras`
-(final weights), `model_ema.keras` (weight averages, when `ema`) and TensorBoard logs.
+budget (the baseline a fine-tuning result should beat). The work directory receives `config.json` (the config the
+run started with), `checkpoints/`, `result.json`, `model.keras` (final weights), `model_ema.keras` (weight averages,
+when `ema`) and TensorBoard logs.
+
+Checkpoints and resume are the pretraining job's (keras_nfnet.jobs.context): a checkpoint every
+`checkpoint_every_steps`, at the end and on SIGTERM; re-running the same command resumes from the newest intact one
+at the exact step and data position (weights, optimizer state with AGC's variables and the EMA averages, random
+generators), and a finished run (result.json present) is not trained again. A resume with a config that changes
+the result is refused, naming the changed fields.
 
 The evaluation view is (eval_image_size, crop_fraction) (`keras_nfnet.data.preprocess.eval_image`). It is chosen
 to match the training view: with the Inception crop (`crop=True`, ImageNet-like data) the papers' protocol,
@@ -35,6 +42,14 @@ from keras_nfnet.jobs.evaluate import find_eval_split, topk_accuracy
 from keras_nfnet.jobs.sources import load_model as load_pretrained
 
 log = logging.getLogger(__name__)
+
+# Fields that may change between a run and its resumption: they change how work is executed, not its result.
+RESUME_SAFE = frozenset({
+    "strategy", "num_cpu_devices", "verbose", "checkpoint_every_steps", "keep_checkpoints", "max_steps",
+    "eval_batch_size",
+    "corpus",  # the corpus may move; its content is checked by fingerprint (corpus_sha256)
+    "on_bad_record", "verify_checksums",  # as for pretraining: skips are reported; checksums verified at first open
+})
 
 
 def validate(config):
@@ -84,6 +99,11 @@ def validate(config):
         problems.append(f"warmup_epochs must be >= 0; got {config.warmup_epochs:g}")
     if config.strategy not in KINDS:
         problems.append(f"unknown strategy {config.strategy!r}; accepted: {', '.join(KINDS)}")
+    for name in ("checkpoint_every_steps", "keep_checkpoints"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be >= 1; got {getattr(config, name)}")
+    if config.max_steps < 0:
+        problems.append(f"max_steps must be 0 (off) or > 0; got {config.max_steps}")
     if problems:
         raise ValueError("bad fine-tuning config:\n  - " + "\n  - ".join(problems))
 
@@ -152,16 +172,18 @@ def replace_head(pretrained, num_classes, dropout_rate=None, stochastic_depth_ra
 
 
 def finetune(config, workdir, strategy=None):
-    """Run the fine-tuning job; returns the result dict (keras_nfnet.jobs.context), also written to result.json.
-    Raises TrainingDiverged when the loss becomes NaN/inf."""
+    """Run (or resume) the fine-tuning job; returns the result dict (keras_nfnet.jobs.context), written to
+    result.json when the budget is done. A finished run's result is returned without training again.
+    Raises TrainingDiverged when the loss becomes NaN/inf (the last good checkpoint is left intact)."""
     from keras_nfnet.data import corpus as corpus_lib
     from keras_nfnet.data import pipeline
     from keras_nfnet.data import preprocess
     from keras_nfnet.data import verify
+    from keras_nfnet.ema import ema_weights
     from keras_nfnet.losses import recipe_loss
     from keras_nfnet.optimizers import nfnet_optimizer
     from keras_nfnet.sam import enable_sam
-    from keras_nfnet.training.callbacks import DivergenceGuard, StepProgress, StopAtStep
+    from keras_nfnet.training import callbacks as cb
 
     clock = context.Clock()
     validate(config)
@@ -171,9 +193,16 @@ def finetune(config, workdir, strategy=None):
     eval_split = find_eval_split(info, config.eval_split)  # fails early, naming the known splits
     for split in (config.train_split, eval_split):  # a damaged corpus fails before anything is written
         verify.open_split(info, split).close()
-    if config.verify_checksums:
+    new_run = not storage.exists(storage.join(workdir, config_lib.SAVED_CONFIG))
+    if new_run and config.verify_checksums:  # a resumed run's corpus is the same by its fingerprint
         verify.verify_checksums(info, [config.train_split, eval_split])
-    storage.makedirs(workdir)
+    context.prepare_workdir(workdir, dict(config_lib.as_dict(config),
+                                          corpus_sha256=context.corpus_fingerprint(config.corpus)), RESUME_SAFE)
+    finished = context.read_result(workdir)
+    if finished is not None:
+        print(f"{workdir} holds a finished run ({context.RESULT_FILE}): not training again (use a new workdir to "
+              "train again)", flush=True)
+        return finished
     reports = ({"train": pipeline.BadRecordReport(), "eval": pipeline.BadRecordReport()}
                if config.on_bad_record == "skip" else {})
     if strategy is None:
@@ -184,6 +213,7 @@ def finetune(config, workdir, strategy=None):
     image_size = config.image_size or row.test_image_size
     eval_size, crop_fraction = eval_view(config, image_size)
     steps = max(1, int(round(config.epochs * num_train / config.global_batch_size)))
+    last_step = min(steps, config.max_steps) if config.max_steps else steps  # max_steps keeps the schedule of steps
     # The cosine needs at least one step after the warm-up: a short run (epochs=1 with the default warm-up of
     # one epoch) gets a warm-up of half its steps, reported below.
     asked_warmup = int(round(config.warmup_epochs * num_train / config.global_batch_size))
@@ -219,18 +249,22 @@ def finetune(config, workdir, strategy=None):
            else None)
     context.compile_model(model, strategy, optimizer, recipe_loss(info.multi_label, config.label_smoothing),
                           before_build=sam)
+    manager = context.checkpoint_manager(workdir, config.keep_checkpoints)
+    start_step, _ = context.resume(manager, model, steps, config.global_batch_size, num_train, reports)
 
     def train_fn(ctx):
         return pipeline.train_dataset(config.corpus, config.train_split, config.global_batch_size, image_size,
-                                      config.seed, input_context=ctx, crop=config.crop, flip=config.flip,
-                                      repeats=config.repeats, mixup_cutmix=config.mixup_cutmix,
+                                      config.seed, start_step=start_step, input_context=ctx, crop=config.crop,
+                                      flip=config.flip, repeats=config.repeats, mixup_cutmix=config.mixup_cutmix,
                                       randaugment_layers=config.randaugment_layers,
                                       randaugment_magnitude=config.randaugment_magnitude,
                                       on_bad_record=config.on_bad_record, bad_record_report=reports.get("train"))
 
     writer = context.tensorboard_writer(workdir)
     interval = max(1, min(steps, int(math.ceil(num_train / config.global_batch_size))))  # about one epoch
-    final, guard = _FinalWeights(), DivergenceGuard()
+    final, guard, preemption = _FinalWeights(), cb.DivergenceGuard(), cb.PreemptionSignal(strategy=strategy)
+    checkpointing = cb.Checkpointing(manager, config.checkpoint_every_steps,
+                                     context.checkpoint_state(model, steps, reports), guard, preemption)
 
     def suspects():  # where an anonymous image-decoding error in fit can come from: the steps being read
         step = int(model.optimizer.iterations)
@@ -238,26 +272,41 @@ def finetune(config, workdir, strategy=None):
             config.corpus, config.train_split, config.global_batch_size, config.seed, step, config.repeats))]
 
     try:
-        with pipeline.naming_bad_records(config.corpus, suspects):
-            progress = [StepProgress(steps, config.global_batch_size, num_train)] if config.verbose else []
-            model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-steps // interval),
-                      steps_per_epoch=interval, verbose=0, shuffle=False,  # the sampler shuffles already
-                      # StopAtStep ends the last, partial interval exactly where the learning-rate schedule ends.
-                      callbacks=[guard, StopAtStep(steps), _TrainScalars(writer), final] + progress)
-        context.raise_if_diverged(guard, hint=f"lower base_learning_rate (now {config.base_learning_rate}).")
+        try:
+            with pipeline.naming_bad_records(config.corpus, suspects):
+                if start_step < last_step:
+                    progress = [cb.StepProgress(steps, config.global_batch_size, num_train)] if config.verbose else []
+                    model.fit(strategy.distribute_datasets_from_function(train_fn), epochs=-(-last_step // interval),
+                              initial_epoch=start_step // interval, steps_per_epoch=interval, verbose=0,
+                              shuffle=False,  # the sampler shuffles already
+                              # StopAtStep ends the last, partial interval exactly where the run stops.
+                              callbacks=[guard, cb.StopAtStep(last_step), _TrainScalars(writer), checkpointing,
+                                         final] + progress)
+                    # With use_ema, `fit` ends by copying the weight averages into the model: put the final raw
+                    # weights back (the averages are evaluated from the optimizer below).
+                    for variable, value in zip(model.trainable_variables, final.values):
+                        variable.assign(value)
+        finally:
+            preemption.restore()
+        context.raise_if_diverged(guard, manager, f"lower base_learning_rate (now {config.base_learning_rate}) and "
+                                                  "start a new workdir.")
+        step = int(model.optimizer.iterations.numpy())
+        if step < steps:  # max_steps or SIGTERM: checkpointed; the evaluation waits for the end of the budget
+            status = "preempted" if checkpointing.preempted_at is not None else "stopped"
+            print(f"{status} at step {step} of {steps}; run the same command again to go on", flush=True)
+            return context.result("finetune", status, workdir, config, {}, step, steps, clock.seconds(),
+                                  {split: report.counts() for split, report in reports.items()})
 
         eval_batch = config.eval_batch_size or config.global_batch_size
         evaluated = {}
+        weights_sha256 = context.weights_fingerprint(model)
         if config.ema:
-            # With use_ema, `fit` ends by copying the weight averages into the model: evaluate and save those,
-            # then put the final raw weights back.
-            evaluated["ema"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
-                                             on_bad_record=config.on_bad_record,
-                                             bad_record_report=reports.get("eval"))
-            with storage.staged_dir(workdir) as local:  # Keras writes .keras files locally; uploaded on exit
-                model.save(os.path.join(local, "model_ema.keras"))
-            for variable, value in zip(model.trainable_variables, final.values):
-                variable.assign(value)
+            with ema_weights(model):  # evaluate and save the weight averages, then the raw weights come back
+                evaluated["ema"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
+                                                 on_bad_record=config.on_bad_record,
+                                                 bad_record_report=reports.get("eval"))
+                with storage.staged_dir(workdir) as local:  # Keras writes .keras files locally; uploaded on exit
+                    model.save(os.path.join(local, "model_ema.keras"))
         evaluated["raw"] = topk_accuracy(model, config.corpus, eval_split, eval_size, eval_batch,
                                          on_bad_record=config.on_bad_record, bad_record_report=reports.get("eval"))
         with storage.staged_dir(workdir) as local:
@@ -276,6 +325,7 @@ def finetune(config, workdir, strategy=None):
             "crop_fraction": crop_fraction, "eval_resize": preprocess.eval_resize_size(eval_size, crop_fraction),
             "training_view": augmentations(config), "warmup_steps": warmup,
             "train_images_seen": steps * config.global_batch_size, "class_names": list(info.class_names),
+            "weights_sha256": weights_sha256,
         }
         bad_records = {split: report.counts() for split, report in reports.items()}  # distinct, per reason
         with writer.as_default():
@@ -287,8 +337,7 @@ def finetune(config, workdir, strategy=None):
                     tf.summary.scalar(f"bad_records/{split}/{reason}", count, step=steps)
     finally:
         writer.close()
-    result = context.result("finetune", "done", workdir, config, metrics, int(model.optimizer.iterations.numpy()),
-                            steps, clock.seconds(), bad_records)
+    result = context.result("finetune", "done", workdir, config, metrics, step, steps, clock.seconds(), bad_records)
     context.write_result(workdir, result)
     line = f"{eval_split} ({metrics['eval_examples']} images, {eval_size} px, crop fraction " \
            f"{crop_fraction:g}): top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f}"
@@ -301,7 +350,7 @@ def finetune(config, workdir, strategy=None):
 
 class _FinalWeights(keras.callbacks.Callback):
     """Keeps the trainable weights at the end of the last epoch: with `use_ema`, Keras replaces them by the
-    weight averages when `fit` returns, and the raw weights are evaluated too."""
+    weight averages when `fit` returns, and the raw weights are what the run goes on from."""
 
     values = None
 
@@ -332,10 +381,10 @@ def _main(argv):
 
     del argv
     try:
-        finetune(flags.FLAGS.config, flags.FLAGS.workdir)
+        result = finetune(flags.FLAGS.config, flags.FLAGS.workdir)
     except TrainingDiverged as error:
         return cli.report(error, app.DIVERGED)
-    return 0
+    return app.PREEMPTED if result["status"] == "preempted" else 0
 
 
 def main():
@@ -343,7 +392,8 @@ def main():
     shipped recipe (keras_nfnet/configs/finetune.py)."""
     from keras_nfnet.jobs import app
 
-    app.define_flags("finetune", workdir_help="holds result.json, model.keras, model_ema.keras, TensorBoard logs")
+    app.define_flags("finetune", workdir_help="holds config.json, checkpoints/, result.json, model.keras, "
+                                             "model_ema.keras, TensorBoard logs")
     app.run(_main)
 
 

@@ -20,7 +20,6 @@ Before anything is written to a new work directory the config is validated (ever
 is checked: the cheap every-open checks and, at this first open, the SHA-256 of every shard the run reads
 (`verify_checksums`), so a damaged corpus leaves nothing behind that a later run would trust.
 """
-import hashlib
 import logging
 import math
 import time
@@ -122,13 +121,6 @@ def total_steps(config, num_train_examples):
     return -(-steps // spe) * spe
 
 
-def _corpus_fingerprint(corpus_dir):
-    """sha256 of the corpus metadata (classes, splits, shard checksums): the same corpus, wherever it lives."""
-    from keras_nfnet.data import corpus as corpus_lib
-
-    return hashlib.sha256(storage.read_bytes(storage.join(corpus_dir, corpus_lib.METADATA_FILE))).hexdigest()
-
-
 def check_corpus(config, new_run, progress=print):
     """The corpus checks a run makes before it writes anything: every-open checks of the train and held-out
     splits, and at a new run's first open the SHA-256 of each of their files (unless verify_checksums=False).
@@ -163,7 +155,6 @@ def pretrain(config, workdir, strategy=None):
     from keras_nfnet.optimizers import adamw_optimizer, nfnet_optimizer
     from keras_nfnet.training import callbacks as cb
     from keras_nfnet.training import strategy as strategy_lib
-    from keras_nfnet.training.checkpoint import CheckpointManager
     from keras_nfnet.training.compute import ComputeClock, measure_peak_flops, train_flops_per_image
     from keras_nfnet.training.heldout import HeldOutEvaluator
 
@@ -177,8 +168,8 @@ def pretrain(config, workdir, strategy=None):
     replicas = strategy.num_replicas_in_sync
     validate(config, num_replicas=replicas)
     chief = strategy_lib.is_chief(strategy)
-    context.prepare_workdir(workdir, dict(config_lib.as_dict(config), corpus_sha256=_corpus_fingerprint(config.corpus)),
-                            RESUME_SAFE, chief)
+    context.prepare_workdir(workdir, dict(config_lib.as_dict(config),
+                                          corpus_sha256=context.corpus_fingerprint(config.corpus)), RESUME_SAFE, chief)
 
     info = corpus_lib.load_metadata(config.corpus)
     num_train = info.split(config.train_split).num_examples
@@ -210,22 +201,15 @@ def pretrain(config, workdir, strategy=None):
     context.compile_model(model, strategy, optimizer, recipe_loss(info.multi_label, config.label_smoothing),
                           config.steps_per_execution, config.jit_compile)
 
-    manager = CheckpointManager(storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints, write=chief)
+    manager = context.checkpoint_manager(workdir, config.keep_checkpoints, chief)
     flops_per_image = train_flops_per_image(row, image_size, info.num_classes)
     peak = config.peak_flops_per_device or None
     clock = ComputeClock(flops_per_image, replicas, peak)
     # Under on_bad_record="skip": the records skipped so far, per split (kept in checkpoints across restarts).
     reports = ({config.train_split: pipeline.BadRecordReport(), config.heldout_split: pipeline.BadRecordReport()}
                if config.on_bad_record == "skip" else {})
-    start_step = 0
-    if manager.all_steps():
-        start_step, state = manager.restore(model, report=lambda line: print(line, flush=True))
-        clock.load_state(state.get("compute", {}))
-        for split, report in reports.items():
-            report.load_state(state.get("bad_records", {}).get(split, {}))
-        print(f"Resuming from step {start_step} of {steps_total} (checkpoint {manager.path(start_step)}); the "
-              f"input stream restarts at data position {start_step} (epoch "
-              f"{start_step * config.global_batch_size // num_train}).", flush=True)
+    start_step, state = context.resume(manager, model, steps_total, config.global_batch_size, num_train, reports)
+    clock.load_state(state.get("compute", {}))
     if peak is None:
         clock.peak_flops_per_device = measure_peak_flops(seconds=0.5)
         log.info("measured peak %.3g FLOP/s per device (matmul)", clock.peak_flops_per_device)
@@ -247,9 +231,7 @@ def pretrain(config, workdir, strategy=None):
                                  bad_record_report=reports.get(config.heldout_split))
     guard = cb.DivergenceGuard()
     preemption = cb.PreemptionSignal(strategy=strategy)
-    state_fn = lambda: {"compute": clock.state(), "data_position": global_step_of(model),  # noqa: E731
-                        "total_steps": steps_total, "time": time.time(),
-                        "bad_records": {split: report.state() for split, report in reports.items()}}
+    state_fn = context.checkpoint_state(model, steps_total, reports, lambda: {"compute": clock.state()})
     checkpointing = cb.Checkpointing(manager, config.checkpoint_every_steps, state_fn, guard, preemption, clock)
     heldout = cb.HeldOutLoss(evaluator, writer, clock, config.eval_every_steps, guard, preemption)
     callbacks = [guard, cb.StopAtStep(last_step), cb.TrainingScalars(writer, clock, config.log_every_steps,
@@ -287,7 +269,7 @@ def pretrain(config, workdir, strategy=None):
         preempted = checkpointing.preempted_at is not None
         status = "done" if step >= steps_total else ("preempted" if preempted else "stopped")
         metrics = {"heldout_loss": heldout.history[-1][1] if heldout.history else math.nan, "flops": clock.flops,
-                   "device_hours": clock.device_hours, "weights_sha256": weights_fingerprint(model)}
+                   "device_hours": clock.device_hours, "weights_sha256": context.weights_fingerprint(model)}
         bad_records = {split: report.counts() for split, report in reports.items()}
         for split, report in reports.items():
             if report.counts():
@@ -299,16 +281,6 @@ def pretrain(config, workdir, strategy=None):
     finally:
         writer.close()
     return result
-
-
-def weights_fingerprint(model):
-    """sha256 of every weight's bytes, in model order (equal on every worker of a synchronous job)."""
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()
 
 
 def global_step_of(model):

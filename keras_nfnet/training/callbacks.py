@@ -135,7 +135,8 @@ class StopAtStep(keras.callbacks.Callback):
 
 
 class Checkpointing(keras.callbacks.Callback):
-    """Saves every `every` steps, on SIGTERM (then stops) and at the end, unless the run diverged.
+    """Saves every `every` steps, on SIGTERM (then stops) and at the end of the last epoch, unless the run
+    diverged.
 
     `state_fn()` returns the JSON state stored beside the weights (compute clock, data position, ...).
     """
@@ -170,8 +171,11 @@ class Checkpointing(keras.callbacks.Callback):
             self.preempted_at = self.preemption.stop_at = step
             self.model.stop_training = True
 
-    def on_train_end(self, logs=None):
-        self._save(global_step(self.model))
+    def on_epoch_end(self, epoch, logs=None):
+        # The final save happens here, not in on_train_end: with `use_ema`, fit copies the weight averages into
+        # the model before on_train_end, and a checkpoint must hold the raw weights it resumes from.
+        if self.model.stop_training or epoch + 1 == self.params["epochs"]:
+            self._save(global_step(self.model))
 
 
 def _scalar(value):
