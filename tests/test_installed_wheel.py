@@ -86,3 +86,10 @@ def test_installed_wheel_runs_the_jobs_from_another_directory(venv, tmp_path):
                                                   "tiny-e0.5-lr0.4"]
     assert all(r["status"] == "finished" for r in rows)
     assert os.path.isfile(work / "sweep" / "analysis" / "report.txt")
+
+    # The comparison job fine-tunes the sweep's best run of each model at one budget.
+    _run([os.path.join(bin_dir, "nfnet-compare"), "--config=compare_toy", "--config.sweeps=('sweep',)",
+          "--config.budgets=(0.5,)", "--config.finetune.corpus=corpus", "--config.finetune.eval_split=holdout",
+          "--config.finetune.epochs=0.5", "--config.finetune.global_batch_size=16", "--workdir=cmp"], str(work), env)
+    compared = json.load(open(work / "cmp" / "result.json"))["metrics"]["rows"]
+    assert [(r["model"], r["epochs"]) for r in compared] == [("tiny", 0.5), ("S0", 0.5)]
