@@ -22,6 +22,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=cpu_tiny", "--no_such_flag=1"],
      "Unknown command line flag 'no_such_flag'"),
     (["trainers/finetune.py", "--workdir=/tmp/unused", "--config.epochs=many"], "flag --config.epochs=many"),
+    # every bad override value at once, and an unknown field of a job whose config has a default
+    (["trainers/finetune.py", "--workdir=/tmp/unused", "--config.epochs=many", "--config.sam_rho=no"],
+     "could not convert string to float: 'many'; flag --config.sam_rho=no"),
+    (["-m", "keras_nfnet.jobs.finetune", "--workdir=/tmp/unused", "--config.colour=red"],
+     "unknown config field 'colour'"),
     (["trainers/pretrain.py", "--workdir=/tmp/unused", "--config=cpu_tiny", "stray"],
      "unexpected arguments ['stray']"),
     (["trainers/sweep.py", "--config=sweep_toy", "stray"], "unexpected arguments ['stray']"),

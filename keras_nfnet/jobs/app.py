@@ -6,6 +6,7 @@ shipped config's short name), `--workdir`, and the exit codes:
     3    training diverged (a NaN/inf loss; the last good checkpoint is left intact)
     143  preempted (SIGTERM: a checkpoint was written; run the same command again to go on)
 """
+import os
 import sys
 
 from absl import flags
@@ -36,9 +37,12 @@ def define_config_flag(name, default_config=None, help_string="config"):
     if name in FLAGS:  # already defined by an earlier call in this process
         return
     default = config_lib.resolve(default_config) if default_config else None
+    # Defined without a default: config_flags would apply argv's overrides to it now, outside _parse's error
+    # handling (an unknown field would be a traceback). _parse names the default on the command line instead.
     config_flags.DEFINE_config_file(
-        name, default, f"{help_string}: a config file (path.py[:arg]) or a shipped config's name "
-        f"({', '.join(config_lib.shipped())}); override fields with --{name}.<field>=value", lock_config=True)
+        name, None, f"{help_string}: a config file (path.py[:arg]) or a shipped config's name "
+        f"({', '.join(config_lib.shipped())}); override fields with --{name}.<field>=value"
+        + (f" (default {os.path.basename(default)})" if default else ""), lock_config=True)
     FLAGS[name].parser = _ConfigFileParser()
     if default is None:
         flags.mark_flag_as_required(name)
@@ -63,11 +67,36 @@ def _parse(argv):
     try:
         return FLAGS(argv)
     except flags.Error as error:
-        sys.exit(cli.report(f"{error} (--helpfull lists the flags)", 2))
+        # absl stops at the first bad value: check each config override on its own to name them all at once.
+        problems = _override_problems(argv) or [str(error)]
+        sys.exit(cli.report(f"{'; '.join(problems)} (--helpfull lists the flags)", 2))
     except (AttributeError, KeyError) as error:  # config_flags: an override of a field the config does not have
         field = str(error).strip("'\"")
         sys.exit(cli.report(f"unknown config field {field!r} (in an override --<config>.{field}=...); "
                             f"{_fields_of(argv)}", 2))
+
+
+def _override_problems(argv):
+    """The error of every `--<config>.<field>=value` of argv that fails on its own (each parsed alone, with the
+    --<config> flags of argv, in a scratch set of flags)."""
+    names = tuple(_CONFIG_FLAGS)
+    bases = [a for a in argv[1:] if a.split("=")[0].lstrip("-") in names]  # _parse names the defaults too
+    problems = []
+    for arg in argv[1:]:
+        head = arg.split("=")[0].lstrip("-")
+        if "." not in head or head.split(".")[0] not in names:
+            continue
+        scratch = flags.FlagValues()
+        for name in names:  # no default: the override flags are defined once, when --<name> is parsed
+            config_flags.DEFINE_config_file(name, None, "", flag_values=scratch, lock_config=True)
+            scratch[name].parser = _ConfigFileParser()
+        try:
+            scratch([argv[0]] + bases + [arg], known_only=True)
+        except flags.Error as error:
+            problems.append(str(error))
+        except (AttributeError, KeyError, ValueError):
+            continue  # reported by the full parse (unknown field) or the config's own validation
+    return problems
 
 
 def _fields_of(argv):
