@@ -26,7 +26,7 @@ def test_short_name_path_arg_and_overrides():
 def test_every_shipped_config_has_exactly_its_jobs_fields():
     schema = {"cpu_tiny": defaults.pretrain(), "cpu_mirrored": defaults.pretrain(), "jft_pretrain": defaults.pretrain(),
               "sweep_toy_pretrain": defaults.pretrain(), "finetune": defaults.finetune(),
-              "evaluate": defaults.evaluate(), "sweep_toy": defaults.sweep()}
+              "evaluate": defaults.evaluate(), "sweep_toy": defaults.sweep(), "compare_toy": defaults.compare()}
     assert sorted(schema) == config_lib.shipped()
     for name, fields in schema.items():
         assert config_lib.check_fields(config_lib.load(name), fields) == [], name
@@ -52,7 +52,7 @@ def test_mirrored_cpu_config():
     ("cpu_tiny", {"epochs": "lots"}, "'epochs' cannot take 'lots'"),
     ("cpu_tiny", {"jit_compile": "maybe"}, "'jit_compile' cannot take 'maybe'"),
     ("missing.py", {}, "does not exist"),
-    ("no_such_config", {}, "shipped configs: cpu_mirrored, cpu_tiny"),
+    ("no_such_config", {}, "shipped configs: compare_toy, cpu_mirrored, cpu_tiny"),
     ("sweep_toy:huge", {}, "takes no argument, 'smoke' or 'vit'"),
 ])
 def test_bad_configs_name_the_problem(spec, overrides, message):
