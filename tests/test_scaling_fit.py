@@ -80,6 +80,8 @@ def test_frontier_loss_and_allocation_exponents_match_the_analytic_law():
     assert abs(alloc.epochs.exponent - a_d) < 0.05
     assert alloc.size.exponent_ci[0] < a_n < alloc.size.exponent_ci[1]
     assert alloc.epochs.exponent_ci[0] < a_d < alloc.epochs.exponent_ci[1]
+    # The size exponent's share of both: beta / (alpha + beta) for this law (a_n + a_d = 1).
+    assert abs(alloc.size_share - a_n) < 0.05 and alloc.size_share_ci[0] < a_n < alloc.size_share_ci[1]
     # MACs are 3x params here, so the MACs exponent is the same.
     assert fit.fit_allocation(runs, size="macs_per_image", n_bootstrap=10).size.exponent == pytest.approx(
         alloc.size.exponent)

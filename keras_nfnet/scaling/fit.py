@@ -262,6 +262,27 @@ class AllocationFit:
     size: PowerLawFit  # compute-optimal size vs compute
     epochs: PowerLawFit  # compute-optimal epoch budget vs compute
     frontier: List[Cell]
+    # The size exponent's share of both, a / (a + b), with a paired-bootstrap interval: the paper found the two
+    # grow at about the same rate (a share of about 0.5).
+    size_share: float = math.nan
+    size_share_ci: Tuple[float, float] = (math.nan, math.nan)
+
+
+def exponent_share(x, y_a, y_b, n_bootstrap: int = 1000, ci: float = 0.95,
+                   seed: int = 0) -> Tuple[float, Tuple[float, float]]:
+    """a / (a + b) for the log-log slopes a of y_a and b of y_b against the same x, with a percentile interval
+    from resampling the (x, y_a, y_b) points together (NaN where a + b is ~0)."""
+    lx, la, lb = (np.log(np.asarray(v, dtype=float)) for v in (x, y_a, y_b))
+    idx = np.random.default_rng(seed).integers(0, len(lx), size=(n_bootstrap, len(lx)))
+
+    def share(ix):
+        a, b = _loglog_ols(lx[ix], la[ix])[0], _loglog_ols(lx[ix], lb[ix])[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(np.abs(a + b) > 1e-9, a / (a + b), np.nan)
+
+    samples = share(idx)
+    return float(share(np.arange(len(lx)))), _interval(samples[np.isfinite(samples)], 100 * (1 - ci) / 2,
+                                                        100 * (1 + ci) / 2)
 
 
 def fit_loss_frontier(results, compute: str = "flops", irreducible: bool = False, n_bootstrap: int = 1000,
@@ -291,7 +312,10 @@ def fit_allocation(results, compute: str = "flops", size: str = "params", n_boot
                          "narrow to fit an allocation law (add larger models or longer budgets)")
     size_fit = fit_power_law(cx, [c.size(size) for c in frontier], n_bootstrap=n_bootstrap, seed=seed)
     epochs_fit = fit_power_law(cx, [c.epochs for c in frontier], n_bootstrap=n_bootstrap, seed=seed)
-    return AllocationFit(size_axis=size, size=size_fit, epochs=epochs_fit, frontier=frontier)
+    share, share_ci = exponent_share(cx, [c.size(size) for c in frontier], [c.epochs for c in frontier],
+                                     n_bootstrap=n_bootstrap, seed=seed)
+    return AllocationFit(size_axis=size, size=size_fit, epochs=epochs_fit, frontier=frontier, size_share=share,
+                         size_share_ci=share_ci)
 
 
 def fit_best_lr(results, n_bootstrap: int = 1000, seed: int = 0) -> Dict[str, dict]:

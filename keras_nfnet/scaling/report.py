@@ -45,7 +45,8 @@ def _analyze(results, ok, out_dir, compute, size, irreducible, n_bootstrap, seed
     alloc = _try(out, "allocation", lambda: fitlib.fit_allocation(ok, compute, size, n_bootstrap, seed))
     lr_fits = fitlib.fit_best_lr(ok, n_bootstrap, seed)
     out["loss_frontier"] = loss_fit.to_dict() if loss_fit else None
-    out["allocation"] = ({"size": alloc.size.to_dict(), "epochs": alloc.epochs.to_dict()} if alloc else None)
+    out["allocation"] = ({"size": alloc.size.to_dict(), "epochs": alloc.epochs.to_dict(),
+                          "size_share": alloc.size_share, "size_share_ci": alloc.size_share_ci} if alloc else None)
     out["best_lr"] = {v: {**e, "fit": e["fit"].to_dict() if e["fit"] else None} for v, e in lr_fits.items()}
     out["findings"] = check_findings(cells, loss_fit, alloc, lr_fits)
     out["finetuned"] = [[r.run_id, r.variant, r.epochs, getattr(r, compute), r.finetune_accuracy]
@@ -90,6 +91,14 @@ def check_findings(cells, loss_fit, alloc, lr_fits) -> dict:
         else:
             verdict = "yes" if f.exponent_ci[0] > 0 else "no" if f.exponent_ci[1] <= 0 else "not resolved"
             findings[key] = (verdict, f"exponent {_ci(f)}")
+    if alloc is not None:
+        # The paper: size and epochs grow at about the same rate, i.e. the size exponent is ~half of the two.
+        lo, hi = alloc.size_share_ci
+        both = findings["optimal_size_grows"][0] == findings["optimal_epochs_grow"][0] == "yes"
+        verdict = ("yes" if both and lo <= 0.5 <= hi else "no" if lo > 0.5 or hi < 0.5 else "not resolved")
+        findings["size_and_epochs_grow_alike"] = (
+            verdict, f"size exponent / (size + epoch exponents) = {alloc.size_share:.2f} [{lo:.2f}, {hi:.2f}] "
+                     f"(equal rates: 0.5)")
     # A best LR says something only where the search bracketed it (3+ LRs tried, best not at an edge).
     bracketed = [c for c in cells if len(c.lrs) >= 3 and not c.lr_at_edge]
     smallest = min((c.epochs for c in cells), default=None)
@@ -153,6 +162,9 @@ def format_report(out: dict, cells) -> str:
             f = al[key]
             lines.append(f"{label} ~ C^{f['exponent']:.3f}  95% interval [{f['exponent_ci'][0]:.3f}, "
                          f"{f['exponent_ci'][1]:.3f}]  ({f['n_points']} frontier points)")
+        lo, hi = al["size_share_ci"]
+        lines.append(f"size share of the allocation, a_size / (a_size + a_epochs) = {al['size_share']:.2f}  "
+                     f"95% interval [{lo:.2f}, {hi:.2f}]  (the paper: about 0.5)")
     lines.append("")
     lines.append("Best learning rate vs epoch budget (parabola-refined):")
     for v, e in out["best_lr"].items():
