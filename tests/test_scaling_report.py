@@ -32,6 +32,9 @@ def test_analyze_writes_every_artifact_with_the_fitted_numbers(tmp_path):
     assert fits["findings"]["best_lr_shared_at_small_budget"][0] == "yes"
     assert fits["findings"]["optimal_size_grows"][0] == "yes"
     assert fits["findings"]["optimal_epochs_grow"][0] == "yes"
+    lo, hi = fits["allocation"]["size_share_ci"]  # the law's share beta / (alpha + beta) = 0.45
+    assert lo < BETA / (ALPHA + BETA) < hi
+    assert fits["findings"]["size_and_epochs_grow_alike"][0] == ("yes" if lo <= 0.5 <= hi else "no")
 
     text = open(os.path.join(out_dir, "report.txt")).read()
     assert f"{fits['loss_frontier']['exponent']:.4f}" in text
