@@ -11,6 +11,7 @@ from keras_nfnet import cli
 from keras_nfnet.jobs import config as config_lib
 from keras_nfnet.jobs import context
 from keras_nfnet.jobs import finetune as ft
+from keras_nfnet.jobs import sources
 from keras_nfnet.training.checkpoint import CheckpointManager
 from tests.test_finetune import _corpus, _pretrain_workdir
 
@@ -44,6 +45,8 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_weights(whole, tmp_path, cap
     assert (stopped["status"], stopped["step"], stopped["total_steps"]) == ("stopped", 4, 6)
     assert not os.path.exists(os.path.join(workdir, context.RESULT_FILE))
     assert CheckpointManager(os.path.join(workdir, context.CHECKPOINT_DIR), write=False).steps() == [3, 4]
+    with pytest.raises(ValueError, match="fine-tuning run that has not finished"):
+        sources.load_model(workdir)  # its checkpoints are for resuming, not a model to evaluate or export
 
     resumed = ft.finetune(config, workdir)  # max_steps is resume-safe
     assert "Resuming from step 4 of 6" in capsys.readouterr().out

@@ -30,6 +30,9 @@ def _checkpoint_weights(source):
     if saved is None:
         raise FileNotFoundError(f"no {config_lib.SAVED_CONFIG} next to the checkpoint (in {workdir}): cannot tell "
                                 "its variant")
+    if "source" in saved:  # a fine-tuning run's checkpoints are for resuming it; its models come at the end
+        raise ValueError(f"{workdir} is a fine-tuning run that has not finished (no result.json): run its command "
+                         "again to finish it, then use the workdir (or its model.keras)")
     return weights, saved
 
 
