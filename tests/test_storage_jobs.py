@@ -135,3 +135,20 @@ def test_pretrain_kill_resume_finetune_export_on_a_bucket(gcs_dir, tmp_path, pro
     logits = np.asarray(model(batch, training=False), np.float64)
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(probabilities, expected / expected.sum(-1, keepdims=True), atol=1e-5, rtol=0)
+
+    # The local TF-Serving-compatible server serves the version straight from the bucket, as TF Serving would.
+    import json
+
+    from werkzeug.test import Client
+
+    from keras_nfnet.serving.app import ModelServer
+
+    server = ModelServer(storage.join(gcs_dir, "serving", "tiny"), file_system_poll_wait_seconds=0).start()
+    try:
+        reply = Client(server).post("/v1/models/tiny:predict", json={
+            "signature_name": "predict_images", "instances": images.tolist()})
+        assert reply.status_code == 200, reply.get_data(as_text=True)
+        served = np.array([p["probabilities"] for p in json.loads(reply.get_data())["predictions"]])
+        np.testing.assert_allclose(served, probabilities, atol=1e-6, rtol=0)
+    finally:
+        server.stop()

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from werkzeug.wrappers import Request, Response
 
+from keras_nfnet import storage
 from keras_nfnet.serving import rest_api
 from keras_nfnet.serving.image_headers import DEFAULT_MAX_IMAGE_PIXELS, MAX_GIF_BLOCKS, declared_image_size
 from keras_nfnet.serving.rest_api import CLASSIFY_METHOD, REGRESS_METHOD, ClientError, json_snippet, json_type
@@ -49,12 +50,12 @@ class ModelServer:
                  max_num_load_retries=DEFAULT_MAX_NUM_LOAD_RETRIES,
                  load_retry_interval_seconds=DEFAULT_LOAD_RETRY_INTERVAL_SECONDS,
                  num_request_iterations_for_warmup=0, enable_signature_method_name_check=False):
-        model_base_path = os.path.abspath(model_base_path)
+        model_base_path = storage.abspath(model_base_path)
         for flag, value in (("max_batch_size", max_batch_size), ("max_request_bytes", max_request_bytes),
                             ("max_image_pixels", max_image_pixels)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{flag} must be a positive int, got {value!r}")
-        self.model_name = model_name or os.path.basename(model_base_path.rstrip(os.sep))
+        self.model_name = model_name or storage.basename(model_base_path.rstrip(os.sep))
         self.max_batch_size = max_batch_size
         self.max_request_bytes = max_request_bytes
         self.max_image_pixels = max_image_pixels

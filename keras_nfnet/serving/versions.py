@@ -5,6 +5,10 @@ one served by default, then older ones are unloaded; a version that fails to loa
 error, as in TF Serving's status API) while the previous one keeps serving; a version whose directory disappears
 is unloaded. A directory counts as complete once it has saved_model.pb and its file listing (names, sizes, times)
 was the same in two polls in a row, so a version being copied in is not loaded half-written.
+
+The base path may be in a bucket (`gs://...`, keras_nfnet.storage), as TF Serving's may: there a version is
+complete once its saved_model.pb object exists (keras_nfnet.export writes it last), and it is downloaded to a
+local directory to be loaded.
 """
 import gc
 import logging
@@ -16,7 +20,7 @@ import tensorflow as tf
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from keras_nfnet import compat
+from keras_nfnet import compat, storage
 from keras_nfnet.serving.rest_api import ClientError, first_line
 
 logger = logging.getLogger("keras_nfnet.serving")
@@ -130,6 +134,9 @@ class ModelVersions:
     @staticmethod
     def _fingerprint(path):
         """A version directory's listing (relative path, size, mtime) or None when it has no saved_model.pb."""
+        if storage.is_remote(path):  # objects appear whole, and saved_model.pb is the last one written
+            pb = storage.join(path, "saved_model.pb")
+            return (("saved_model.pb", storage.version(pb)),) if storage.exists(pb) else None
         if not any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
             return None
         listing = []
@@ -147,14 +154,14 @@ class ModelVersions:
     def _scan(self):
         """{version: directory} of the complete versions on disk: unchanged since the previous poll."""
         try:
-            names = os.listdir(self.base_path)
+            names = storage.listdir(self.base_path)
         except OSError as error:
             logger.warning("cannot list the model base path %s: %s", self.base_path, error)
             return {}
         dirs = {}
         for name in sorted(names, reverse=True):  # "1" is preferred to "01" for the same version
-            if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(self.base_path, name)):
-                dirs[int(name)] = os.path.join(self.base_path, name)
+            if name.isascii() and name.isdigit() and storage.isdir(storage.join(self.base_path, name)):
+                dirs[int(name)] = storage.join(self.base_path, name)
         fingerprints = {version: self._fingerprint(path) for version, path in dirs.items()}
         stable = {version for version, fp in fingerprints.items()
                   if fp is not None and self._fingerprints.get(version) == fp}
@@ -206,7 +213,7 @@ class ModelVersions:
         self._set_state(version, "LOADING")
         started = time.monotonic()
         try:
-            servable = Servable(self.name, version, path)
+            servable = Servable(self.name, version, storage.fetch_dir(path))  # a local copy of a bucket's
             requests = servable.warmup_requests()
             for signature_name, inputs in requests:
                 for _ in range(self.warmup_iterations):
@@ -273,7 +280,7 @@ class ModelVersions:
         """Load the initial version, as TF Serving does before it serves: waits for a complete version (two
         polls with the same listing), loads it; raises LoadError if that load fails. Then polls in the
         background every poll_wait_seconds (never, if 0)."""
-        if not os.path.isdir(self.base_path):
+        if not storage.isdir(self.base_path):
             raise FileNotFoundError(f"model base path {self.base_path} does not exist")
         settle = settle_seconds if settle_seconds is not None else min(max(self.poll_wait_seconds, 0.2), 1.0)
         warned = False
