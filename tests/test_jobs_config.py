@@ -109,3 +109,9 @@ def test_resume_check():
                                         checkpoint_every_steps=5), pretrain.RESUME_SAFE)
     with pytest.raises(ValueError, match=r"(?s)seed: 0 -> 1.*variant: 'S0' -> 'S1'"):
         config_lib.check_resume(base, saved(corpus="/a", variant="S1", seed=1), pretrain.RESUME_SAFE)
+    # A run saved by an older release lacks the fields added since: they count as their defaults.
+    older = {k: v for k, v in base.items() if k != "optimizer"}
+    schema = config_lib.as_dict(defaults.pretrain())
+    config_lib.check_resume(older, base, pretrain.RESUME_SAFE, schema)
+    with pytest.raises(ValueError, match="optimizer: 'sgd' -> 'adamw'"):
+        config_lib.check_resume(older, saved(corpus="/a", optimizer="adamw"), pretrain.RESUME_SAFE, schema)

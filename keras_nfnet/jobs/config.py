@@ -111,8 +111,10 @@ def _plain(value):
     return value
 
 
-def check_resume(saved, current, resume_safe):
-    """Raise ValueError if `current` (dict) differs from `saved` (dict) in a field outside `resume_safe`."""
+def check_resume(saved, current, resume_safe, defaults=None):
+    """Raise ValueError if `current` (dict) differs from `saved` (dict) in a field outside `resume_safe`. A field
+    that a run saved before it existed counts as its default (`defaults`, a dict): a newer release resumes it."""
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in resume_safe and saved.get(k) != current.get(k))
     if changed:

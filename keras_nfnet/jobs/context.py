@@ -34,13 +34,13 @@ def check_workdir(workdir):
         raise ValueError(f"workdir {workdir} exists and is not a directory; choose a directory path")
 
 
-def prepare_workdir(workdir, saved_config, resume_safe, chief=True):
+def prepare_workdir(workdir, saved_config, resume_safe, chief=True, defaults=None):
     """Create `workdir`; a new one gets `saved_config` (dict) as config.json, an existing one must hold a
-    compatible config (ValueError naming the changed fields)."""
+    compatible config (ValueError naming the changed fields; fields it lacks count as their `defaults`)."""
     storage.makedirs(workdir)
     saved = config_lib.read_saved(workdir)
     if saved is not None:
-        config_lib.check_resume(saved, saved_config, resume_safe)
+        config_lib.check_resume(saved, saved_config, resume_safe, defaults)
     elif chief:
         write_json(storage.join(workdir, config_lib.SAVED_CONFIG), saved_config)
 

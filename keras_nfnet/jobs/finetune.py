@@ -197,7 +197,8 @@ def finetune(config, workdir, strategy=None):
     if new_run and config.verify_checksums:  # a resumed run's corpus is the same by its fingerprint
         verify.verify_checksums(info, [config.train_split, eval_split])
     context.prepare_workdir(workdir, dict(config_lib.as_dict(config),
-                                          corpus_sha256=context.corpus_fingerprint(config.corpus)), RESUME_SAFE)
+                                          corpus_sha256=context.corpus_fingerprint(config.corpus)), RESUME_SAFE,
+                            defaults=config_lib.as_dict(defaults.finetune()))
     finished = context.read_result(workdir)
     if finished is not None:
         print(f"{workdir} holds a finished run ({context.RESULT_FILE}): not training again (use a new workdir to "

@@ -169,7 +169,8 @@ def pretrain(config, workdir, strategy=None):
     validate(config, num_replicas=replicas)
     chief = strategy_lib.is_chief(strategy)
     context.prepare_workdir(workdir, dict(config_lib.as_dict(config),
-                                          corpus_sha256=context.corpus_fingerprint(config.corpus)), RESUME_SAFE, chief)
+                                          corpus_sha256=context.corpus_fingerprint(config.corpus)), RESUME_SAFE, chief,
+                            defaults=config_lib.as_dict(defaults.pretrain()))
 
     info = corpus_lib.load_metadata(config.corpus)
     num_train = info.split(config.train_split).num_examples
