@@ -42,7 +42,7 @@ def get_config(arg=None):
         c.pretrain_config = "sweep_toy_pretrain:vit"
         c.variants = ("ViT-0", "ViT-1", "ViT-2", "ViT-3")
         c.epoch_budgets = (0.5, 2.0)
-        c.lr_grid = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)  # AdamW peak 2.5e-4 .. 8e-3 at batch 64
+        c.lr_grid = (2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)  # AdamW peak 6e-5 .. 8e-3 at batch 64
         c.initial_lr = 4e-3
         return c
     c.name = "toy"
