@@ -431,7 +431,7 @@ def test_a_sweep_run_on_a_bad_record_stops_the_sweep_with_its_one_line(clean, tm
     spec = sweep.SweepSpec(
         name="bad", pretrain_config="sweep_toy_pretrain",
         variants=["tiny"], epoch_budgets=[1.0], lr_grid=[0.4], initial_lr=0.4, lr_search="grid",
-        shared={"corpus": d, "verbose": 0, "peak_flops_per_device": 1e11}).validate()
+        shared={"corpus": d, "verbose": 0, "peak_flops_per_device": 1e11, "global_batch_size": 16}).validate()
     with pytest.raises(ValueError, match=r"^run tiny-e1-lr0.4: bad record: split train shard train-0000[01].tfrecord "
                                          r"record [26]: .* \(log: \S+train.log\)$"):
         sweep.run_sweep(spec, str(tmp_path / "sweep"), log=lambda s: None)

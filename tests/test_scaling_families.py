@@ -75,23 +75,26 @@ def test_nfnet_and_vit_compared_by_the_same_jobs(tmp_path):
     assert row.macs_per_image == macs["vit-tiny"] and row.flops == rows[1]["pretrain_flops"]
 
     # The comparison job over finished sweeps: one sweep per family; a worse-LR run of tiny must not be chosen.
+    # Same workdir and labels: the fine-tunes above are found and kept, so the rows must be the same ones.
     sweeps = []
     for model in ("tiny", "vit-tiny"):
         store = ResultsStore(str(tmp_path / f"sweep-{model}" / "runs.jsonl"))
-        best = run_summary.read_run_dir(os.path.join(workdir, "pretrain", model), run_id=f"{model}-best")
+        best = run_summary.read_run_dir(os.path.join(workdir, "pretrain", model), run_id=model)
         store.append(best)
         store.append(dataclasses.replace(best, run_id=f"{model}-worse", heldout_loss=best.heldout_loss + 1,
                                          run_dir="/elsewhere"))
         sweeps.append(os.path.dirname(store.path))
-    job = config_lib.load("compare_toy", sweeps=tuple(sweeps), budgets=(1.0,))
-    job = config_lib.override(job, {"finetune": ft})
-    result = compare(job, str(tmp_path / "from_sweeps"), log=lines.append)
-    got = result["metrics"]["rows"]
-    assert [(r["model"], r["pretrain_dir"]) for r in got] == [(r["model"], r["pretrain_dir"]) for r in rows]
-    assert [r["finetune_top1"] for r in got] == [r["finetune_top1"] for r in rows]  # same source, same recipe
+    job = config_lib.override(config_lib.load("compare_toy", sweeps=tuple(sweeps), budgets=(1.0,)), {"finetune": ft})
+    result = compare(job, workdir, log=lines.append)
+    assert [{k: r[k] for k in rows[0]} for r in result["metrics"]["rows"]] == rows
     assert os.path.getsize(result["metrics"]["figure"]) > 10_000
     with pytest.raises(ValueError, match="no finished run at 4 epochs"):
         compare(config_lib.override(job, {"budgets": (4.0,)}), str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match=r"finetune: unknown config field\(s\) \['colour'\]"):
+        bad = job.copy_and_resolve_references()
+        with bad.finetune.unlocked():
+            bad.finetune.colour = 1
+        compare(bad, str(tmp_path / "bad"))
 
 
 def test_sweep_and_comparison_accept_vit_names_and_reject_unknown(tmp_path):

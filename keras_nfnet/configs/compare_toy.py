@@ -7,8 +7,7 @@ sweeps at two budgets, each fine-tuned on scikit-learn's real handwritten digits
 A short fine-tune (3 epochs of the 1,347 training digits) so that what pretraining learned still shows; the
 digits fill the frame and a mirrored digit is another digit, so no Inception crop and no flip.
 """
-import ml_collections
-
+from keras_nfnet.jobs import config as config_lib
 from keras_nfnet.jobs import defaults
 
 
@@ -18,9 +17,7 @@ def get_config(arg=None):
     c = defaults.compare()
     c.sweeps = ("/tmp/nfnet_toy/nfnet", "/tmp/nfnet_toy/vit")
     c.budgets = (0.5, 2.0)
-    c.finetune_config = "finetune"
-    c.finetune = ml_collections.ConfigDict({
-        "corpus": "/tmp/nfnet_toy/digits", "image_size": 32, "epochs": 3.0, "global_batch_size": 32,
-        "crop": False, "flip": False, "base_learning_rate": 0.8, "agc_clip": 0.04, "warmup_epochs": 0.5,
-        "sam_rho": 0.0, "verbose": 0})
+    c.pretrain = config_lib.load("sweep_toy_pretrain")  # for --config.models=...: the study's NFNet recipe
+    c.finetune.update(corpus="/tmp/nfnet_toy/digits", image_size=32, epochs=3.0, global_batch_size=32, crop=False,
+                      flip=False, base_learning_rate=0.8, agc_clip=0.04, warmup_epochs=0.5, sam_rho=0.0, verbose=0)
     return c

@@ -4,10 +4,10 @@
     nfnet-compare --config=compare_toy --config.models="('S0','ViT-0')" --config.pretrain.corpus=/data/synth \
         --config.pretrain.epochs=2 --workdir=/runs/compare                          # pretrain the models here
 
-Two sources of pretrained models: `models` pretrains each listed model with the `pretrain_config` recipe (plus the
-`pretrain` fields) in `<workdir>/pretrain/<model>`; otherwise, for every sweep in `sweeps` and every budget in
-`budgets`, the best-LR run of each model is taken. Each is fine-tuned with the `finetune_config` recipe (plus the
-`finetune` fields) in `<workdir>/finetune/<name>`; the rows go to `comparison.json`, `comparison.md`, the figure
+Two sources of pretrained models: `models` pretrains each listed model with the `pretrain` config (a whole
+pretraining config) in `<workdir>/pretrain/<model>`; otherwise, for every sweep in `sweeps` and every budget in
+`budgets`, the best-LR run of each model is taken. Each is fine-tuned with the `finetune` config (a whole
+fine-tuning config; `--config.finetune.<field>=value` changes any field) in `<workdir>/finetune/<name>`; the rows go to `comparison.json`, `comparison.md`, the figure
 `finetuned_top1_vs_compute.png` (also in TensorBoard) and `result.json`. Finished pretraining and fine-tuning
 runs are kept, so an interrupted comparison goes on where it stopped.
 """
@@ -23,17 +23,14 @@ def validate(config):
     if problems:
         raise ValueError("bad comparison config:\n  - " + "\n  - ".join(problems))
     models = [m for m in config.models if m]
-    pretrain_config = finetune_config = None
+    problems += [f"finetune: {p}" for p in config_lib.check_fields(config.finetune, defaults.finetune())]
     if models:
         for model in models:
             try:
                 architectures.family(model)
             except ValueError as e:
                 problems.append(f"models: {e}")
-        try:
-            pretrain_config = config_lib.load(config.pretrain_config, **dict(config.pretrain))
-        except ValueError as e:
-            problems.append(f"pretrain: {e}")
+        problems += [f"pretrain: {p}" for p in config_lib.check_fields(config.pretrain, defaults.pretrain())]
     else:
         sweeps = [s for s in config.sweeps if s]
         missing = [s for s in sweeps if not storage.exists(s)]
@@ -41,13 +38,9 @@ def validate(config):
             problems.append(f"give models to pretrain, or sweeps (finished sweeps' workdirs); missing: {missing}")
         if not config.budgets or any(not b > 0 for b in config.budgets):
             problems.append(f"budgets must be positive epoch budgets; got {list(config.budgets)}")
-    try:
-        finetune_config = config_lib.load(config.finetune_config, **dict(config.finetune))
-    except ValueError as e:
-        problems.append(f"finetune: {e}")
     if problems:
         raise ValueError("bad comparison config:\n  - " + "\n  - ".join(problems))
-    return pretrain_config, finetune_config
+    return (config.pretrain if models else None), config.finetune
 
 
 def compare(config, workdir, log=print):

@@ -131,15 +131,13 @@ def sweep():
 
 def compare():
     c = ml_collections.ConfigDict()
-    # Either pretrain `models` here with one config and budget ...
+    # Either pretrain `models` here with the `pretrain` config ...
     c.models = ("",)               # NFNet and ViT names, e.g. ("S0", "ViT-0"); ("",) = take the runs from sweeps
-    c.pretrain_config = "sweep_toy_pretrain"  # config file or shipped name; variant set per model
-    c.pretrain = ml_collections.ConfigDict()  # its fields every model gets (corpus, epochs, ...)
+    c.pretrain = pretrain()        # the whole pretraining config (variant set per model)
     # ... or fine-tune the best-LR runs of finished sweeps.
     c.sweeps = ("",)               # sweeps' workdirs (e.g. one NFNet sweep, one ViT sweep)
     c.budgets = (1.0,)             # epoch budgets whose best-LR runs are fine-tuned (every model of every sweep)
-    c.finetune_config = "finetune"  # the fine-tuning config file or shipped name every fine-tune starts from
-    c.finetune = ml_collections.ConfigDict()  # its fields every fine-tune gets (corpus, epochs, ...)
+    c.finetune = finetune()        # the whole fine-tuning config (source set per model)
     return c
 
 
