@@ -1,4 +1,5 @@
-"""`python trainers/compare.py ...` from a checkout is `nfnet-compare ...` (keras_nfnet.jobs.compare, where the flags are)."""
+"""`python trainers/compare.py ...` from a checkout is `nfnet-compare ...` (keras_nfnet.jobs.compare, where the flags
+are)."""
 import os
 import sys
 

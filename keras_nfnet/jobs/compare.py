@@ -7,8 +7,9 @@
 Two sources of pretrained models: `models` pretrains each listed model with the `pretrain` config (a whole
 pretraining config) in `<workdir>/pretrain/<model>`; otherwise, for every sweep in `sweeps` and every budget in
 `budgets`, the best-LR run of each model is taken. Each is fine-tuned with the `finetune` config (a whole
-fine-tuning config; `--config.finetune.<field>=value` changes any field) in `<workdir>/finetune/<name>`; the rows go to `comparison.json`, `comparison.md`, the figure
-`finetuned_top1_vs_compute.png` (also in TensorBoard) and `result.json`. Finished pretraining and fine-tuning
+fine-tuning config; `--config.finetune.<field>=value` changes any field) in `<workdir>/finetune/<name>`. The rows
+go to `comparison.json`, `comparison.md`, the figure `finetuned_top1_vs_compute.png` (also in TensorBoard) and
+`result.json`. Finished pretraining and fine-tuning
 runs are kept, so an interrupted comparison goes on where it stopped.
 """
 from keras_nfnet import architectures, storage
@@ -17,12 +18,17 @@ from keras_nfnet.jobs import context
 from keras_nfnet.jobs import defaults
 
 
+def _named(values):
+    """The non-empty entries of a tuple field (("",) is the field's "none")."""
+    return [v for v in values if v]
+
+
 def validate(config):
     """(pretraining config or None, fine-tuning config); ValueError naming every bad field first."""
     problems = config_lib.check_fields(config, defaults.compare())
     if problems:
         raise ValueError("bad comparison config:\n  - " + "\n  - ".join(problems))
-    models = [m for m in config.models if m]
+    models = _named(config.models)
     problems += [f"finetune: {p}" for p in config_lib.check_fields(config.finetune, defaults.finetune())]
     if models:
         for model in models:
@@ -32,7 +38,7 @@ def validate(config):
                 problems.append(f"models: {e}")
         problems += [f"pretrain: {p}" for p in config_lib.check_fields(config.pretrain, defaults.pretrain())]
     else:
-        sweeps = [s for s in config.sweeps if s]
+        sweeps = _named(config.sweeps)
         missing = [s for s in sweeps if not storage.exists(s)]
         if not sweeps or missing:
             problems.append(f"give models to pretrain, or sweeps (finished sweeps' workdirs); missing: {missing}")
@@ -51,10 +57,10 @@ def compare(config, workdir, log=print):
     pretrain_config, finetune_config = validate(config)
     context.check_workdir(workdir)
     if pretrain_config is not None:
-        rows = families.compare_families([m for m in config.models if m], pretrain_config, finetune_config, workdir,
+        rows = families.compare_families(_named(config.models), pretrain_config, finetune_config, workdir,
                                          log=log)
     else:
-        rows = families.compare_sweeps([s for s in config.sweeps if s], list(config.budgets), finetune_config,
+        rows = families.compare_sweeps(_named(config.sweeps), list(config.budgets), finetune_config,
                                        workdir, log=log)
     metrics = {"rows": rows, "table": storage.join(workdir, "comparison.md"),
                "figure": storage.join(workdir, families.COMPARISON_FIGURE)}
